@@ -1,0 +1,113 @@
+"""Defaults for every EfficientDet config. Variant files call `make_config(is_train, overrides)`.
+
+SimpleDet style: each `*Param` is a plain class whose attributes are the settings. Classes are
+created afresh on every call, so overrides never leak between configs.
+"""
+from models.efficientdet.scaling import EFFICIENTDET_PARAMS
+from utils.config import apply_overrides
+
+
+def make_config(is_train, overrides=None):
+    """Build the default classes, then apply `overrides` ({"Class.field": value}) with checking."""
+
+    class General:
+        name = "efficientdet"        # experiment name: outputs go to experiments/<name>/
+        batch_image = 4 if is_train else 1   # images per device
+        fp16 = False
+        seed = 0
+
+    class KvstoreParam:
+        kvstore = "local"            # local | device | nccl | dist_sync | dist_device_sync
+        gpus = []                    # empty: run on CPU
+
+    class NormalizeParam:
+        # RGB 0-255 in; ImageNet statistics scaled to 0-255.
+        mean = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+        std = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+    class BackboneParam:
+        name = "efficientnet_b0"
+        drop_connect = 0.0           # EfficientDet disables drop-connect for its backbone (0 = off)
+        bn_momentum = 0.99
+        bn_eps = 1e-3
+
+    class NeckParam:
+        type = "bifpn"
+        width = 64
+        repeats = 3
+        fusion = "fast"              # fast | softmax | sum
+        min_level = 3
+        max_level = 7
+
+    class HeadParam:
+        repeats = 3
+        prior_prob = 0.01            # class bias = -log((1 - p) / p)
+        focal_alpha = 0.25           # sigmoid focal loss: weight of positives (1 - alpha for negatives)
+        focal_gamma = 1.5
+        label_smoothing = 0.0        # targets become t * (1 - ls) + 0.5 * ls
+        huber_delta = 0.1            # box loss: Huber on (ty, tx, th, tw), positives only
+        box_loss_weight = 50.0       # total = focal + box_loss_weight * box
+
+    class AnchorParam:
+        scale = 4.0
+        num_scales = 3
+        aspect_ratios = ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4))
+        pos_iou = 0.5                # IoU >= pos_iou: positive
+        neg_iou = 0.5                # IoU < neg_iou: background; between the two: ignored
+        force_match = True           # each ground truth also takes its best anchor
+
+    class DatasetParam:
+        num_classes = 90
+        image_size = (512, 512)      # (H, W) network input
+
+    class ModelParam:
+        class pretrain:
+            prefix = ""              # checkpoint prefix of pretrained weights ("" = from scratch)
+            epoch = 0
+            fixed_param = []         # regex patterns of parameters kept frozen
+
+    class OptimizeParam:
+        optimizer = "sgd"            # sgd | adam | adamw
+        lr_per_64 = 0.08             # base lr per 64 images, scaled linearly with the batch
+        momentum = 0.9
+        wd = 4e-5
+        clip_gradient = 10.0
+
+        class schedule:
+            type = "cosine"          # cosine | step
+            begin_epoch = 0
+            end_epoch = 300
+            step_epochs = []         # for type = "step"
+            step_factor = 0.1
+
+        class warmup:
+            epochs = 1.0
+            init_lr_ratio = 0.0
+
+    class TestParam:
+        score_thresh = 0.0
+        topk_candidates = 5000
+        nms_type = "hard"            # hard | soft
+        nms_thresh = 0.5
+        soft_nms_sigma = 0.5
+        max_det = 100
+
+    classes = [General, KvstoreParam, NormalizeParam, BackboneParam, NeckParam, HeadParam,
+               AnchorParam, DatasetParam, ModelParam, OptimizeParam, TestParam]
+    return apply_overrides(classes, overrides or {})
+
+
+def efficientdet_overrides(variant):
+    """Overrides that turn the defaults into paper variant `variant` ("d0".."d7x")."""
+    backbone, size, width, repeats, head, scale, fusion, max_level = EFFICIENTDET_PARAMS[variant]
+    return {
+        "General.name": "efficientdet_" + variant,
+        "BackboneParam.name": backbone,
+        "NeckParam.width": width,
+        "NeckParam.repeats": repeats,
+        "NeckParam.fusion": fusion,
+        "NeckParam.max_level": max_level,
+        "HeadParam.repeats": head,
+        "AnchorParam.scale": scale,
+        "DatasetParam.image_size": (size, size),
+    }

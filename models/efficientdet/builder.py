@@ -1,0 +1,30 @@
+"""Assemble EfficientDet symbols from a config: backbone -> neck -> heads."""
+import mxnet as mx
+
+from models.efficientdet.backbone import pyramid_features
+from models.efficientdet.bifpn import bifpn
+from models.efficientdet.head import efficientdet_head
+
+NECKS = {"bifpn": bifpn}
+
+
+def build_network(cfg, data=None):
+    """Per-level outputs for input `data` (N, 3, H, W) with (H, W) = DatasetParam.image_size.
+
+    Returns (cls, box) dicts {level: symbol}: cls (N, K*C, H_l, W_l), box (N, K*4, H_l, W_l).
+    """
+    data = data if data is not None else mx.sym.Variable("data")
+    hw = tuple(cfg.DatasetParam.image_size)
+    feats = pyramid_features(data, hw, cfg)
+    if cfg.NeckParam.type not in NECKS:
+        raise ValueError("unknown NeckParam.type '%s' (one of %s)" % (cfg.NeckParam.type, ", ".join(NECKS)))
+    feats = NECKS[cfg.NeckParam.type](feats, cfg)
+    return efficientdet_head(feats, cfg)
+
+
+def get_raw_symbol(cfg):
+    """Inference symbol without post-processing: outputs cls_out_p{L} then box_out_p{L} per level."""
+    cls, box = build_network(cfg)
+    outs = [mx.sym.identity(cls[l], name="cls_out_p%d" % l) for l in sorted(cls)]
+    outs += [mx.sym.identity(box[l], name="box_out_p%d" % l) for l in sorted(box)]
+    return mx.sym.Group(outs)

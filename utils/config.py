@@ -1,0 +1,136 @@
+"""Load a config file by path and apply `Class.field=value` overrides, with checking.
+
+Values given as strings (from `--set`) are typed from the existing value; unknown classes and
+fields are errors with a did-you-mean suggestion.
+"""
+import ast
+import difflib
+import importlib.util
+import os
+import sys
+import types
+
+from utils.errors import UserError
+
+
+class ConfigSet(types.SimpleNamespace):
+    """The config classes by name: cfg.General, cfg.OptimizeParam.schedule, ..."""
+
+    def fields(self):
+        """Yield ("Class.sub.field", value) for every setting."""
+        def walk(prefix, cls):
+            for k, v in sorted(vars(cls).items()):
+                if k.startswith("_"):
+                    continue
+                if isinstance(v, type):
+                    yield from walk(prefix + k + ".", v)
+                else:
+                    yield prefix + k, v
+        for name, cls in vars(self).items():
+            yield from walk(name + ".", cls)
+
+
+def _suggest(name, options):
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return "; did you mean '%s'?" % close[0] if close else "; choose from %s" % ", ".join(sorted(options))
+
+
+def _settable(cls):
+    return {k: v for k, v in vars(cls).items() if not k.startswith("_")}
+
+
+def _parse_like(text, current, key):
+    """Turn `text` into the type of `current`."""
+    if isinstance(current, bool):
+        low = text.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise UserError("%s expects a boolean (true/false), got '%s'" % (key, text))
+    if isinstance(current, str):
+        return text
+    if isinstance(current, (int, float)):
+        try:
+            return type(current)(ast.literal_eval(text)) if isinstance(current, int) else float(text)
+        except (ValueError, SyntaxError, TypeError):
+            raise UserError("%s expects a %s, got '%s'" % (key, type(current).__name__, text))
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if current is None:
+            return text
+        raise UserError("%s expects a Python literal like %r, got '%s'" % (key, current, text))
+    if isinstance(current, (list, tuple)):
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return type(current)(value)
+    return value
+
+
+def apply_overrides(classes, overrides):
+    """Apply {"Class.field": value} (or "Class.sub.field") to `classes`; returns a ConfigSet."""
+    cfg = ConfigSet(**{c.__name__: c for c in classes})
+    for key, value in overrides.items():
+        parts = key.split(".")
+        if len(parts) < 2:
+            raise UserError("override '%s' must look like Class.field=value" % key)
+        owner = vars(cfg).get(parts[0])
+        if owner is None:
+            raise UserError("unknown config class '%s'%s" % (parts[0], _suggest(parts[0], vars(cfg))))
+        for depth, part in enumerate(parts[1:], 1):
+            fields = _settable(owner)
+            if part not in fields:
+                where = ".".join(parts[:depth])
+                raise UserError("unknown config field '%s' in %s%s" % (part, where, _suggest(part, fields)))
+            if depth < len(parts) - 1:
+                owner = fields[part]
+                if not isinstance(owner, type):
+                    raise UserError("'%s' is a field, not a nested class" % ".".join(parts[:depth + 1]))
+        current = getattr(owner, parts[-1])
+        if isinstance(current, type):
+            raise UserError("'%s' is a nested class; set one of its fields" % key)
+        if isinstance(value, str) and not isinstance(current, str):
+            value = _parse_like(value, current, key)
+        setattr(owner, parts[-1], value)
+    return cfg
+
+
+def parse_sets(items):
+    """["A.b=1", ...] -> {"A.b": "1"}."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError("--set '%s' must look like Class.field=value" % item)
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_config(path, sets=(), is_train=True):
+    """Import the config file at `path`, call its get_config(is_train), apply `--set` items."""
+    if not os.path.isfile(path):
+        raise UserError("config file not found: %s" % path)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    name = "_config_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise UserError("config %s has a syntax error at line %s: %s" % (path, e.lineno, e.msg))
+    if not hasattr(module, "get_config"):
+        raise UserError("config %s defines no get_config(is_train)" % path)
+    cfg = module.get_config(is_train)
+    classes = [getattr(cfg, n) for n in vars(cfg)]
+    return apply_overrides(classes, parse_sets(sets))
+
+
+def add_config_args(parser):
+    """The --config/--set pair every entry script takes."""
+    parser.add_argument("--config", required=True, help="path to a config file, e.g. config/efficientdet_b0.py")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="Class.field=value",
+                        help="override a config field (repeatable), e.g. --set General.batch_image=2")
+    return parser
