@@ -50,21 +50,34 @@ def _parse_like(text, current, key):
         raise UserError("%s expects a boolean (true/false), got '%s'" % (key, text))
     if isinstance(current, str):
         return text
-    if isinstance(current, (int, float)):
+    if isinstance(current, int):
         try:
-            return type(current)(ast.literal_eval(text)) if isinstance(current, int) else float(text)
-        except (ValueError, SyntaxError, TypeError):
-            raise UserError("%s expects a %s, got '%s'" % (key, type(current).__name__, text))
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = None
+        if type(value) is not int:  # no silent truncation of 2.5, no True -> 1
+            raise UserError("%s expects an integer, got '%s'" % (key, text))
+        return value
+    if isinstance(current, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise UserError("%s expects a float, got '%s'" % (key, text))
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         if current is None:
             return text
         raise UserError("%s expects a Python literal like %r, got '%s'" % (key, current, text))
-    if isinstance(current, (list, tuple)):
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        return type(current)(value)
+    if isinstance(current, tuple):
+        # Tuples of numbers are fixed-length settings such as image_size (H, W) or the mean: a lone
+        # number would be a silent 1-tuple. Tuples of tuples (aspect ratios) may change length.
+        fixed = current and not isinstance(current[0], (tuple, list))
+        if not isinstance(value, (list, tuple)) or (fixed and len(value) != len(current)):
+            raise UserError("%s expects %d values like %r, got '%s'" % (key, len(current), current, text))
+        return tuple(value)
+    if isinstance(current, list):
+        return list(value) if isinstance(value, (list, tuple)) else [value]
     return value
 
 
@@ -121,6 +134,8 @@ def load_config(path, sets=(), is_train=True):
         spec.loader.exec_module(module)
     except SyntaxError as e:
         raise UserError("config %s has a syntax error at line %s: %s" % (path, e.lineno, e.msg))
+    except (ImportError, NameError, AttributeError) as e:
+        raise UserError("config %s failed to load: %s: %s" % (path, type(e).__name__, e))
     if not hasattr(module, "get_config"):
         raise UserError("config %s defines no get_config(is_train)" % path)
     cfg = module.get_config(is_train)

@@ -41,7 +41,9 @@ def _fuse(name, inputs, fusion):
         w = mx.sym.relu(w)
         w = mx.sym.broadcast_div(w, mx.sym.sum(w) + 1e-4)
     elif fusion == "softmax":
-        w = mx.sym.softmax(w, axis=0)
+        # Written out because the softmax op does not infer its input dtype backwards.
+        w = mx.sym.exp(mx.sym.broadcast_sub(w, mx.sym.max(w)))
+        w = mx.sym.broadcast_div(w, mx.sym.sum(w))
     else:
         raise ValueError("unknown BiFPN fusion '%s' (fast | softmax | sum)" % fusion)
     parts = [mx.sym.broadcast_mul(x, mx.sym.reshape(mx.sym.slice_axis(w, axis=0, begin=i, end=i + 1),

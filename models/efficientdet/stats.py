@@ -1,0 +1,35 @@
+"""Parameter and multiply-add counts of a symbol, read off its graph with inferred shapes."""
+import json
+
+import numpy as np
+
+
+def param_shapes(sym, data_shape):
+    """({arg name: shape}, {aux name: shape}) for input 'data' of `data_shape` (data excluded)."""
+    args, _, aux = sym.infer_shape(data=data_shape)
+    arg_shapes = {n: tuple(s) for n, s in zip(sym.list_arguments(), args) if n != "data"}
+    return arg_shapes, {n: tuple(s) for n, s in zip(sym.list_auxiliary_states(), aux)}
+
+
+def count_params(sym, data_shape):
+    """Learnable parameters (BN moving statistics excluded, as PyTorch's `parameters()` counts)."""
+    return int(sum(np.prod(s) for s in param_shapes(sym, data_shape)[0].values()))
+
+
+def count_macs(sym, data_shape):
+    """Multiply-adds of every Convolution and FullyConnected (what the papers call FLOPs).
+
+    Each output element of a conv with weight (O, I/g, kh, kw) costs I/g*kh*kw; of an FC with
+    weight (O, I) costs I.
+    """
+    arg_shapes, _ = param_shapes(sym, data_shape)
+    internals = sym.get_internals()
+    _, outs, _ = internals.infer_shape(data=data_shape)
+    out_shapes = dict(zip(internals.list_outputs(), outs))
+    nodes = json.loads(sym.tojson())["nodes"]
+    total = 0
+    for node in nodes:
+        if node["op"] in ("Convolution", "FullyConnected"):
+            weight = arg_shapes[nodes[node["inputs"][1][0]]["name"]]
+            total += int(np.prod(out_shapes[node["name"] + "_output"])) * int(np.prod(weight[1:]))
+    return total
