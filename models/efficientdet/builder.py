@@ -4,6 +4,7 @@ import mxnet as mx
 from models.efficientdet.backbone import pyramid_features
 from models.efficientdet.bifpn import bifpn
 from models.efficientdet.head import efficientdet_head
+from models.efficientdet.loss import detection_loss
 
 NECKS = {"bifpn": bifpn}
 
@@ -28,3 +29,24 @@ def get_raw_symbol(cfg):
     outs = [mx.sym.identity(cls[l], name="cls_out_p%d" % l) for l in sorted(cls)]
     outs += [mx.sym.identity(box[l], name="box_out_p%d" % l) for l in sorted(box)]
     return mx.sym.Group(outs)
+
+
+def get_train_symbol(cfg):
+    """Training symbol: network + losses. Inputs `data` (N, 3, H, W), labels `cls_target` (N, A) and
+    `box_target` (N, A, 4). Outputs cls_loss_output and box_loss_output (each (1,)).
+
+    With General.fp16 the network runs in float16 (weights included; the optimizer keeps fp32
+    masters) and the head outputs are cast back so the losses are computed in float32.
+    """
+    data = mx.sym.Variable("data")
+    if cfg.General.fp16:
+        data = mx.sym.Cast(data, dtype="float16")
+    cls, box = build_network(cfg, data)
+    cls, box = [cls[l] for l in sorted(cls)], [box[l] for l in sorted(box)]
+    if cfg.General.fp16:
+        cls = [mx.sym.Cast(x, dtype="float32") for x in cls]
+        box = [mx.sym.Cast(x, dtype="float32") for x in box]
+    h = cfg.HeadParam
+    return detection_loss(cls, box, mx.sym.Variable("cls_target"), mx.sym.Variable("box_target"),
+                          cfg.DatasetParam.num_classes, h.focal_alpha, h.focal_gamma, h.label_smoothing,
+                          h.huber_delta, h.box_loss_weight)

@@ -1,0 +1,247 @@
+"""Atomic training checkpoints, resume and pruning.
+
+A checkpoint of (epoch, iteration) in an experiment directory is a group of files:
+  ckpt-EEEE-IIIIIII.params  mx.nd.save dict: `arg:`/`aux:` weights, plus `ema:<key>` for the EMA
+                            state when there is one (`mx.model.load_checkpoint` ignores `ema:`)
+  ckpt-EEEE-IIIIIII.states  optimizer state bytes (MXNet's own Updater format), if any
+  ckpt-EEEE-IIIIIII.json    manifest: epoch, iteration, extra, and name/size/sha256 of each file
+Every file goes to a hidden temp file in the same directory, is fsync'd, then os.replace'd into
+place, and the manifest is written last: a checkpoint is complete iff its manifest parses and every
+listed file has the recorded size (sha256 checked on request). Temp files (`.*.tmp-*`) and
+incomplete groups are never returned. One writer per directory is assumed (rank 0).
+"""
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+
+import mxnet as mx
+
+from utils.errors import UserError
+
+log = logging.getLogger(__name__)
+_NAME = re.compile(r"^ckpt-(\d{4,})-(\d{7,})\.(params|states|json)$")
+_AUX_HINTS = ("moving_mean", "moving_var", "running_mean", "running_var")
+
+
+def _fsync_dir(path):
+    # The rename itself is durable only once the directory entry is flushed.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, write):
+    """Call write(tmp_path), fsync the result, then move it over `path` in one rename."""
+    folder, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, ".%s.tmp-%d" % (base, os.getpid()))
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    _fsync_dir(folder)
+
+
+def _write_bytes(data):
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return write
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _module_dict(arg_params, aux_params):
+    out = {"arg:" + k: v for k, v in arg_params.items()}
+    out.update({"aux:" + k: v for k, v in (aux_params or {}).items()})
+    return out
+
+
+def save_epoch_params(path, arg_params, aux_params):
+    """Atomically write a Module-compatible `.params` file (`arg:`/`aux:` keys)."""
+    atomic_write(path, lambda tmp: mx.nd.save(tmp, _module_dict(arg_params, aux_params)))
+
+
+def save_checkpoint(prefix_dir, epoch, iteration, arg_params, aux_params, optimizer_states=None,
+                    ema_params=None, extra=None, epoch_prefix=None, keep_last=None):
+    """Write checkpoint (epoch, iteration) into `prefix_dir`; return its manifest dict.
+
+    `optimizer_states`: bytes from `Updater.get_states()` or None. `ema_params`: flat dict of
+    NDArrays (`ExponentialMovingAverage.state_dict()`), stored under `ema:` keys. `extra`: any
+    json-serialisable dict, returned as manifest["extra"]. If `epoch_prefix` is given (an epoch
+    boundary), also write `<epoch_prefix>-%04d.params` % epoch like `mx.model.save_checkpoint`,
+    holding the weights used for evaluation: the EMA ones when `ema_params` is given, else the raw
+    ones. If `keep_last` is given, older checkpoints are pruned afterwards.
+    """
+    os.makedirs(prefix_dir, exist_ok=True)
+    stem = "ckpt-%04d-%07d" % (epoch, iteration)
+    files = {}
+    params = _module_dict(arg_params, aux_params)
+    params.update({"ema:" + k: v for k, v in (ema_params or {}).items()})
+    parts = [("params", stem + ".params", lambda tmp: mx.nd.save(tmp, params))]
+    if optimizer_states is not None:
+        parts.append(("states", stem + ".states", _write_bytes(optimizer_states)))
+    for role, name, write in parts:
+        path = os.path.join(prefix_dir, name)
+        atomic_write(path, write)
+        files[role] = {"name": name, "size": os.path.getsize(path), "sha256": _sha256(path)}
+    manifest = {"format": 1, "epoch": int(epoch), "iteration": int(iteration), "time": time.time(),
+                "files": files, "has_ema": bool(ema_params), "extra": extra or {}}
+    if epoch_prefix is not None:
+        if ema_params:
+            arg_params = {k[4:]: v for k, v in ema_params.items() if k.startswith("arg:")}
+            aux_params = {k[4:]: v for k, v in ema_params.items() if k.startswith("aux:")}
+        epoch_path = "%s-%04d.params" % (epoch_prefix, epoch)
+        save_epoch_params(epoch_path, arg_params, aux_params)
+        manifest["epoch_file"] = os.path.abspath(epoch_path)   # informational; never pruned
+    text = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    atomic_write(os.path.join(prefix_dir, stem + ".json"), _write_bytes(text))
+    if keep_last:
+        prune_checkpoints(prefix_dir, keep_last)
+    manifest["dir"] = os.path.abspath(prefix_dir)
+    return manifest
+
+
+def _check(folder, json_name, verify_hash):
+    """Return the manifest of a complete checkpoint, or raise ValueError saying what is wrong."""
+    with open(os.path.join(folder, json_name), "rb") as f:
+        try:
+            manifest = json.loads(f.read().decode())
+        except (UnicodeDecodeError, ValueError):
+            raise ValueError("manifest is not valid json")
+    if not isinstance(manifest, dict) or "params" not in manifest.get("files", {}):
+        raise ValueError("manifest lacks a params entry")
+    for entry in manifest["files"].values():
+        path = os.path.join(folder, entry["name"])
+        if not os.path.isfile(path):
+            raise ValueError("missing %s" % entry["name"])
+        if os.path.getsize(path) != entry["size"]:
+            raise ValueError("%s has %d bytes, expected %d" % (entry["name"], os.path.getsize(path), entry["size"]))
+        if verify_hash and _sha256(path) != entry["sha256"]:
+            raise ValueError("%s fails its sha256 check" % entry["name"])
+    manifest["dir"] = os.path.abspath(folder)
+    return manifest
+
+
+def _groups(folder):
+    """{(epoch, iteration): [file names]} for checkpoint files in `folder` (temp files excluded)."""
+    out = {}
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        m = _NAME.match(name)
+        if m:
+            out.setdefault((int(m.group(1)), int(m.group(2))), []).append(name)
+    return out
+
+
+def list_checkpoints(folder, verify_hash=False):
+    """Manifests of all complete checkpoints in `folder`, oldest first; logs each skipped one."""
+    found = []
+    for key, names in sorted(_groups(folder).items()):
+        json_name = "ckpt-%04d-%07d.json" % key
+        if json_name not in names:
+            continue   # no manifest: a save that never finished; not an error
+        try:
+            found.append(_check(folder, json_name, verify_hash))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("skipping corrupt checkpoint %s: %s", os.path.join(folder, json_name), e)
+    return found
+
+
+def latest_checkpoint(folder, verify_hash=False):
+    """Manifest (with "dir" added) of the newest complete checkpoint by (epoch, iteration), or None."""
+    found = list_checkpoints(folder, verify_hash)
+    return found[-1] if found else None
+
+
+def load_checkpoint(manifest, verify_hash=True):
+    """Load a manifest from latest_checkpoint/list_checkpoints.
+
+    Returns (arg_params, aux_params, optimizer_states bytes or None, ema_params dict or None,
+    manifest). Raises UserError if the files no longer match the manifest.
+    """
+    folder = manifest["dir"]
+    json_name = "ckpt-%04d-%07d.json" % (manifest["epoch"], manifest["iteration"])
+    try:
+        manifest = _check(folder, json_name, verify_hash)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError("checkpoint %s is corrupt: %s" % (os.path.join(folder, json_name), e))
+    data = mx.nd.load(os.path.join(folder, manifest["files"]["params"]["name"]))
+    arg = {k[4:]: v for k, v in data.items() if k.startswith("arg:")}
+    aux = {k[4:]: v for k, v in data.items() if k.startswith("aux:")}
+    ema = {k[4:]: v for k, v in data.items() if k.startswith("ema:")} or None
+    states = None
+    if "states" in manifest["files"]:
+        with open(os.path.join(folder, manifest["files"]["states"]["name"]), "rb") as f:
+            states = f.read()
+    return arg, aux, states, ema, manifest
+
+
+def prune_checkpoints(folder, keep_last):
+    """Keep the newest `keep_last` (at least 1) complete checkpoints; delete older groups.
+
+    Incomplete groups older than the newest complete checkpoint and stale temp files are removed
+    too (with one writer, nothing older can still be in progress). Newer incomplete groups stay.
+    Manifests go first, so an interrupted prune never leaves a "complete" checkpoint with missing
+    files.
+    """
+    complete = list_checkpoints(folder)
+    if not complete:
+        return
+    kept = {(m["epoch"], m["iteration"]) for m in complete[-max(1, int(keep_last)):]}
+    newest = (complete[-1]["epoch"], complete[-1]["iteration"])
+    for key, names in sorted(_groups(folder).items()):
+        if key in kept or key > newest:
+            continue
+        for name in sorted(names, key=lambda n: not n.endswith(".json")):
+            os.remove(os.path.join(folder, name))
+    newest_time = os.path.getmtime(os.path.join(folder, "ckpt-%04d-%07d.json" % newest))
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if name.startswith(".ckpt-") and ".tmp-" in name and os.path.getmtime(path) < newest_time:
+            os.remove(path)
+
+
+def load_params(path, ema=False):
+    """Load a `.params` file; return (arg_params, aux_params).
+
+    Keys `arg:x`/`aux:x` are split by prefix; unprefixed keys count as arg unless they look like
+    BN statistics (moving_mean/var). With ema=True, the `ema:` weights of a training checkpoint
+    are returned instead (UserError if it has none). A missing file is a UserError naming it.
+    """
+    if not os.path.isfile(path):
+        raise UserError("params file not found: %s" % path)
+    try:
+        data = mx.nd.load(path)
+    except mx.base.MXNetError as e:
+        raise UserError("cannot read params file %s: %s" % (path, str(e).splitlines()[0]))
+    if isinstance(data, list):
+        raise UserError("params file %s holds an unnamed list, not a name->array dict" % path)
+    if ema:
+        # Only the weights: the EMA's own bookkeeping (num_updates) is not a parameter.
+        data = {k[4:]: v for k, v in data.items() if k.startswith(("ema:arg:", "ema:aux:"))}
+        if not data:
+            raise UserError("params file %s has no EMA weights" % path)
+    arg, aux = {}, {}
+    for key, value in data.items():
+        kind, _, name = key.partition(":")
+        if not name:
+            kind, name = ("aux" if any(h in key for h in _AUX_HINTS) else "arg"), key
+        if kind == "arg":
+            arg[name] = value
+        elif kind == "aux":
+            aux[name] = value
+    return arg, aux

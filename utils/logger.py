@@ -1,0 +1,122 @@
+"""Training logs: one text log (file + console), a metrics CSV, and a loss-curve plot."""
+import csv
+import logging
+import math
+import os
+import sys
+import time
+
+from utils.errors import UserError
+
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_FIXED_HEAD = ["epoch", "iter", "lr"]
+_FIXED_TAIL = ["images_per_s", "wall_time"]
+
+
+def setup_logger(log_path, level=logging.INFO):
+    """Send the root logger to `log_path` (appending) and to stderr in one format; return it.
+
+    Calling it again replaces the handlers it added before, so nothing is logged twice.
+    """
+    folder = os.path.dirname(os.path.abspath(log_path))
+    os.makedirs(folder, exist_ok=True)
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_effdet", False)]:
+        root.removeHandler(handler)
+        handler.close()
+    formatter = logging.Formatter(_FORMAT)
+    for handler in (logging.FileHandler(log_path, mode="a"), logging.StreamHandler(sys.stderr)):
+        handler.setFormatter(formatter)
+        handler._effdet = True
+        root.addHandler(handler)
+    root.setLevel(level)
+    return root
+
+
+class MetricsWriter:
+    """Append one CSV row per logged step: epoch, iter, lr, <loss terms>, images_per_s, wall_time.
+
+    Each row is flushed. An existing file (a resumed run) is appended to and keeps its header;
+    a partial last line left by a crash is cut off first. The loss-term columns are fixed by the
+    header (or by the first row of a new file): a row with other terms is a UserError.
+    """
+
+    def __init__(self, csv_path):
+        self.path = csv_path
+        self.columns = None
+        os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
+        if os.path.isfile(csv_path) and os.path.getsize(csv_path) > 0:
+            with open(csv_path, "rb+") as f:
+                data = f.read()
+                if not data.endswith(b"\n"):
+                    f.truncate(data.rfind(b"\n") + 1)
+            with open(csv_path, newline="") as f:
+                self.columns = next(csv.reader(f), None)
+        self._file = open(csv_path, "a", newline="")
+        self._writer = csv.writer(self._file)
+
+    def write(self, epoch, iteration, lr, losses, images_per_s, wall_time=None):
+        """Append a row; `losses` maps term name -> float; wall_time defaults to time.time()."""
+        if self.columns is None:
+            self.columns = _FIXED_HEAD + list(losses) + _FIXED_TAIL
+            self._writer.writerow(self.columns)
+        terms = self.columns[len(_FIXED_HEAD):-len(_FIXED_TAIL)]
+        if sorted(terms) != sorted(losses):
+            raise UserError("metrics %s has loss columns %s, got %s" % (self.path, terms, sorted(losses)))
+        wall_time = time.time() if wall_time is None else wall_time
+        row = [epoch, iteration, "%.6g" % lr] + ["%.6g" % losses[t] for t in terms]
+        self._writer.writerow(row + ["%.2f" % images_per_s, "%.3f" % wall_time])
+        self._file.flush()
+
+    def close(self):
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def plot_loss_curve(csv_path, png_path):
+    """Plot every loss term against iteration, with lr on a twin axis, to `png_path` (Agg).
+
+    When a resumed run repeats iterations, the later rows win, so the curve shows what the
+    final weights went through.
+    """
+    # Figure + FigureCanvasAgg draw without touching pyplot's global backend.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    with open(csv_path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("wall_time")]   # skip rows cut by a crash
+    if not rows:
+        raise UserError("no metrics rows in %s to plot" % csv_path)
+    by_iter = {}
+    for row in rows:
+        by_iter[int(row["iter"])] = row
+    iters = sorted(by_iter)
+    terms = [c for c in rows[0] if c not in _FIXED_HEAD + _FIXED_TAIL]
+
+    def column(name):
+        return [float(by_iter[i][name]) if by_iter[i][name] else math.nan for i in iters]
+
+    fig = Figure(figsize=(9, 5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for term in terms:
+        ax.plot(iters, column(term), label=term, linewidth=1)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.grid(True, alpha=0.3)
+    ax_lr = ax.twinx()
+    ax_lr.plot(iters, column("lr"), color="gray", linestyle="--", linewidth=1, label="lr")
+    ax_lr.set_ylabel("learning rate")
+    lines = ax.get_lines() + ax_lr.get_lines()
+    ax.legend(lines, [l.get_label() for l in lines], loc="upper right", fontsize="small")
+    fig.tight_layout()
+    folder, base = os.path.split(os.path.abspath(png_path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, ".%s.tmp-%d.png" % (base, os.getpid()))
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, png_path)
