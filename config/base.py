@@ -15,6 +15,9 @@ def make_config(is_train, overrides=None):
         batch_image = 4 if is_train else 1   # images per device
         fp16 = False
         seed = 0
+        log_frequency = 10           # iterations per metrics row / progress-bar update
+        checkpoint_iters = 0         # also checkpoint every N iterations (0 = at epoch ends only)
+        keep_last = 3                # checkpoints kept besides the per-epoch parameter files
 
     class KvstoreParam:
         kvstore = "local"            # local | device | nccl | dist_sync | dist_device_sync
@@ -42,7 +45,7 @@ def make_config(is_train, overrides=None):
     class HeadParam:
         repeats = 3
         prior_prob = 0.01            # class bias = -log((1 - p) / p)
-        focal_alpha = 0.25           # sigmoid focal loss: weight of positives (1 - alpha for negatives)
+        focal_alpha = 0.25           # focal loss weight of positives (1 - alpha for negatives)
         focal_gamma = 1.5
         label_smoothing = 0.0        # targets become t * (1 - ls) + 0.5 * ls
         huber_delta = 0.1            # box loss: Huber on (ty, tx, th, tw), positives only
@@ -59,19 +62,32 @@ def make_config(is_train, overrides=None):
     class DatasetParam:
         num_classes = 90
         image_size = (512, 512)      # (H, W) network input
+        # roidb caches written by scripts/create_roidb.py ("" = not set)
+        train_roidb = ""
+        val_roidb = ""
+        # training augmentation (core/transforms.py); eval only resizes and pads
+        hflip_prob = 0.5
+        scale_range = (0.1, 2.0)     # scale jitter of the input size, then a random crop
+        color_jitter = (0.1, 0.1, 0.1, 0.0)  # brightness, contrast, saturation, hue (0 = off)
+        # loader (core/loader.py)
+        num_workers = 2              # decoding/augmenting threads
+        prefetch = 2                 # batches prepared ahead of the one being trained on
 
     class ModelParam:
         class pretrain:
             prefix = ""              # checkpoint prefix of pretrained weights ("" = from scratch)
             epoch = 0
-            fixed_param = []         # regex patterns of parameters kept frozen
+            fixed_param = []         # regex patterns of parameters kept frozen (see README recipes)
+            exclude = []             # regex patterns of pretrained parameters not loaded (new heads)
 
     class OptimizeParam:
         optimizer = "sgd"            # sgd | adam | adamw
         lr_per_64 = 0.08             # base lr per 64 images, scaled linearly with the batch
         momentum = 0.9
         wd = 4e-5
-        clip_gradient = 10.0
+        clip_gradient = 10.0         # global L2 norm of all gradients (0 = off)
+        ema_decay = 0.9998           # EMA of weights and BN statistics, used for evaluation (0 = off)
+        loss_scale = 0.0             # fp16 only: 0 = dynamic loss scaling, > 0 = static scale
 
         class schedule:
             type = "cosine"          # cosine | step

@@ -1,10 +1,14 @@
 """Assemble EfficientDet symbols from a config: backbone -> neck -> heads."""
+import json
+
 import mxnet as mx
 
 from models.efficientdet.backbone import pyramid_features
 from models.efficientdet.bifpn import bifpn
 from models.efficientdet.head import efficientdet_head
 from models.efficientdet.loss import detection_loss
+from models.efficientdet.postprocess import postprocess
+from utils.pretrain import match_any
 
 NECKS = {"bifpn": bifpn}
 
@@ -47,6 +51,41 @@ def get_train_symbol(cfg):
         cls = [mx.sym.Cast(x, dtype="float32") for x in cls]
         box = [mx.sym.Cast(x, dtype="float32") for x in box]
     h = cfg.HeadParam
-    return detection_loss(cls, box, mx.sym.Variable("cls_target"), mx.sym.Variable("box_target"),
-                          cfg.DatasetParam.num_classes, h.focal_alpha, h.focal_gamma, h.label_smoothing,
-                          h.huber_delta, h.box_loss_weight)
+    loss_scale = None
+    if cfg.General.fp16:
+        # Loss scaling as an input (N,) so the trainer can change it between steps (dynamic scaling).
+        loss_scale = mx.sym.mean(mx.sym.BlockGrad(mx.sym.Variable("loss_scale")))
+    sym = detection_loss(cls, box, mx.sym.Variable("cls_target"), mx.sym.Variable("box_target"),
+                         cfg.DatasetParam.num_classes, h.focal_alpha, h.focal_gamma, h.label_smoothing,
+                         h.huber_delta, h.box_loss_weight, loss_scale)
+    return freeze_bn_statistics(sym, cfg.ModelParam.pretrain.fixed_param)
+
+
+def freeze_bn_statistics(sym, patterns):
+    """Make every BatchNorm whose moving statistics match a `fixed_param` pattern use its stored
+    statistics (use_global_stats), so frozen BN layers stay bit-identical in training."""
+    graph = json.loads(sym.tojson())
+    changed = False
+    for node in graph["nodes"]:
+        if node["op"] == "BatchNorm" and match_any(node["name"] + "_moving_mean", patterns):
+            node.setdefault("attrs", {})["use_global_stats"] = "True"
+            changed = True
+    return mx.sym.load_json(json.dumps(graph)) if changed else sym
+
+
+def get_test_symbol(cfg):
+    """Inference symbol with post-processing in the graph (models/efficientdet/postprocess.py).
+
+    Inputs `data` (N, 3, H, W) and `im_scale` (N, 1) (network input = original image * scale).
+    Output `detections_output` (N, TestParam.max_det, 6): x1, y1, x2, y2 in original-image pixels,
+    score, class (0-based contiguous), best first; padding rows are all -1.
+    """
+    data = mx.sym.Variable("data")
+    if cfg.General.fp16:
+        data = mx.sym.Cast(data, dtype="float16")
+    cls, box = build_network(cfg, data)
+    cls, box = [cls[l] for l in sorted(cls)], [box[l] for l in sorted(box)]
+    if cfg.General.fp16:
+        cls = [mx.sym.Cast(x, dtype="float32") for x in cls]
+        box = [mx.sym.Cast(x, dtype="float32") for x in box]
+    return postprocess(cls, box, mx.sym.Variable("im_scale"), cfg)

@@ -65,19 +65,22 @@ def huber_box_loss(box_pred, box_target, cls_target, normaliser, delta=0.1):
 
 
 def detection_loss(cls_outputs, box_outputs, cls_target, box_target, num_classes, alpha=0.25,
-                   gamma=1.5, label_smoothing=0.0, delta=0.1, box_loss_weight=50.0):
+                   gamma=1.5, label_smoothing=0.0, delta=0.1, box_loss_weight=50.0, loss_scale=None):
     """Training outputs for a Module: mx.sym.Group([cls_loss, box_loss]).
 
     cls_outputs, box_outputs: per-level head symbols [(N, K*C, H, W)], [(N, K*4, H, W)];
     cls_target (N, A) float, box_target (N, A, 4) float, as made by core.targets.
     Outputs (each (1,), named cls_loss_output / box_loss_output): the focal loss and the unweighted
     box loss, for logging; their gradients are scaled 1 and `box_loss_weight`, so backward yields
-    the gradient of focal + box_loss_weight * box. Config: HeadParam.focal_alpha, focal_gamma,
+    the gradient of focal + box_loss_weight * box. `loss_scale` (a (1,) symbol, fp16 training)
+    multiplies both outputs and so every gradient; the trainer divides it back out. Config: HeadParam.focal_alpha, focal_gamma,
     label_smoothing, huber_delta, box_loss_weight.
     """
     cls_pred, box_pred = flatten_level_outputs(cls_outputs, box_outputs, num_classes)
     norm = positives_normaliser(cls_target)
     cls = focal_loss(cls_pred, cls_target, norm, num_classes, alpha, gamma, label_smoothing)
     box = huber_box_loss(box_pred, box_target, cls_target, norm, delta)
+    if loss_scale is not None:
+        cls, box = cls * loss_scale, box * loss_scale
     return mx.sym.Group([mx.sym.MakeLoss(cls, grad_scale=1.0, name="cls_loss"),
                          mx.sym.MakeLoss(box, grad_scale=box_loss_weight, name="box_loss")])

@@ -4,10 +4,12 @@ import json
 import numpy as np
 
 
-def param_shapes(sym, data_shape):
-    """({arg name: shape}, {aux name: shape}) for input 'data' of `data_shape` (data excluded)."""
-    args, _, aux = sym.infer_shape(data=data_shape)
-    arg_shapes = {n: tuple(s) for n, s in zip(sym.list_arguments(), args) if n != "data"}
+def param_shapes(sym, data_shape, **input_shapes):
+    """({arg name: shape}, {aux name: shape}) for input 'data' of `data_shape` and any other inputs
+    (labels) given by name; the inputs themselves are excluded."""
+    args, _, aux = sym.infer_shape(data=data_shape, **input_shapes)
+    inputs = set(input_shapes) | {"data"}
+    arg_shapes = {n: tuple(s) for n, s in zip(sym.list_arguments(), args) if n not in inputs}
     return arg_shapes, {n: tuple(s) for n, s in zip(sym.list_auxiliary_states(), aux)}
 
 

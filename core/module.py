@@ -1,0 +1,98 @@
+"""The training step around a bound mx.mod.Module: optimiser set-up, global-norm gradient clipping,
+non-finite detection and (fp16) dynamic loss scaling."""
+import math
+import warnings
+
+import mxnet as mx
+
+from utils.errors import UserError
+from utils.lr_scheduler import build_lr_scheduler, param_groups_no_wd
+
+
+@mx.optimizer.register
+class AdamW(mx.optimizer.Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter): w <- w (1 - lr wd), then Adam with no wd."""
+
+    def update(self, index, weight, grad, state):
+        self._update_count(index)
+        lr, wd, t = self._get_lr(index), self._get_wd(index), self._index_update_count[index]
+        if wd:
+            weight[:] = weight * (1.0 - lr * wd)
+        mean, var = state
+        mx.nd.adam_update(weight, grad, mean, var, out=weight, wd=0.0, beta1=self.beta1, beta2=self.beta2,
+                          lr=lr * math.sqrt(1.0 - self.beta2 ** t) / (1.0 - self.beta1 ** t),
+                          epsilon=self.epsilon, rescale_grad=self.rescale_grad,
+                          clip_gradient=self.clip_gradient if self.clip_gradient else -1.0)
+
+
+def initializer():
+    """He-normal for convs; the class/box predictors start near zero (N(0, 0.01)) as in RetinaNet, so
+    the first focal loss reflects the prior bias instead of random logits."""
+    he = mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2.0)
+    return mx.init.Mixed([r".*_pred_weight$", ".*"], [mx.init.Normal(0.01), he])
+
+
+def build_optimizer(cfg, arg_names, num_images, batch_total, iters_per_epoch, begin_num_update):
+    """The optimiser object from OptimizeParam, with linear lr scaling, warmup + decay, and no
+    weight decay on BN, biases and BiFPN fusion weights."""
+    o = cfg.OptimizeParam
+    sched = build_lr_scheduler(cfg, num_images, batch_total, iters_per_epoch)
+    common = dict(learning_rate=sched.base_lr, wd=o.wd, lr_scheduler=sched, begin_num_update=begin_num_update,
+                  param_idx2name=dict(enumerate(arg_names)), multi_precision=cfg.General.fp16)
+    if o.optimizer == "sgd":
+        opt = mx.optimizer.create("sgd", momentum=o.momentum, **common)
+    elif o.optimizer in ("adam", "adamw"):
+        opt = mx.optimizer.create(o.optimizer, **common)
+    else:
+        raise UserError("unknown OptimizeParam.optimizer '%s' (sgd | adam | adamw)" % o.optimizer)
+    opt.set_wd_mult(param_groups_no_wd(arg_names))
+    # The losses are already normalised by the positives in the batch, so gradients are not averaged
+    # again over the batch: rescale_grad stays 1 (Module warns about that; it is intended).
+    warnings.filterwarnings("ignore", message="Optimizer created manually outside Module")
+    return opt
+
+
+class TrainStep:
+    """One forward/backward/update. Returns the loss values, or None when the step was skipped
+    (fp16 overflow: the loss scale halves and the weights stay as they were).
+
+    Clipping rescales all gradients together when their global L2 norm exceeds `clip_norm`, as
+    EfficientDet does; MXNet's own clip_gradient clips element-wise, which is a different thing.
+    """
+
+    def __init__(self, mod, clip_norm, loss_scale=None, dynamic=False, growth_interval=2000):
+        self.mod, self.clip_norm = mod, clip_norm
+        self.loss_scale, self.dynamic, self.growth_interval = loss_scale, dynamic, growth_interval
+        self._good_steps = 0
+
+    def _grads(self):
+        # grad_arrays: per parameter, one array per device; fixed parameters have none.
+        return [g for per_dev in self.mod._exec_group.grad_arrays for g in per_dev if g is not None]
+
+    def __call__(self, batch):
+        if self.loss_scale is not None:
+            scale = mx.nd.full((len(batch.data[0]),), self.loss_scale)
+            batch = mx.io.DataBatch(batch.data + [scale], batch.label, pad=batch.pad)
+        self.mod.forward_backward(batch)
+        losses = [o.asnumpy().sum() / (self.loss_scale or 1.0) for o in self.mod.get_outputs()]
+        grads = self._grads()
+        sq = mx.nd.multi_sum_sq(*grads, num_arrays=len(grads))
+        norm = math.sqrt(float(sq.sum().asscalar())) / (self.loss_scale or 1.0)
+        finite = math.isfinite(norm) and all(math.isfinite(v) for v in losses)
+        if not finite and self.dynamic:
+            self.loss_scale, self._good_steps = max(self.loss_scale / 2.0, 1.0), 0
+            return None
+        if not finite:
+            return losses  # the caller stops on non-finite losses; gradients are not applied
+        factor = 1.0 / (self.loss_scale or 1.0)
+        if self.clip_norm and norm > self.clip_norm:
+            factor *= self.clip_norm / norm
+        if factor != 1.0:
+            for g in grads:
+                g *= factor
+        self.mod.update()
+        if self.dynamic:
+            self._good_steps += 1
+            if self._good_steps % self.growth_interval == 0:
+                self.loss_scale *= 2.0
+        return losses

@@ -1,0 +1,178 @@
+#!/usr/bin/env python
+"""Train a detector from a config.
+
+  python detection_train.py --config config/quickstart.py [--set Class.field=value ...] [--resume]
+
+Checkpoints go to experiments/<General.name>/ after every epoch (and every
+General.checkpoint_iters iterations); --resume continues from the newest complete one.
+"""
+import argparse
+import logging
+import math
+import os
+import time
+
+import mxnet as mx
+import numpy as np
+from tqdm import tqdm
+
+from core.dataset import load_roidb
+from core.loader import DetectionLoader
+from core.module import TrainStep, build_optimizer, initializer
+from core.targets import make_target_fn
+from core.transforms import build_transform
+from models.efficientdet.builder import get_train_symbol
+from models.efficientdet.stats import param_shapes
+from utils.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from utils.config import add_config_args, load_config
+from utils.ema import ExponentialMovingAverage
+from utils.errors import UserError, run_cli
+from utils.logger import MetricsWriter, plot_loss_curve, setup_logger
+from utils.pretrain import fixed_param_names, load_pretrained
+
+logger = logging.getLogger("train")
+
+
+def contexts(cfg):
+    return [mx.gpu(i) for i in cfg.KvstoreParam.gpus] or [mx.cpu()]
+
+
+def initial_params(cfg, sym, input_shapes, manifest):
+    """(arg, aux, optimizer_states, ema_state) from a checkpoint to resume, pretrained weights, or nothing."""
+    if manifest is not None:
+        arg, aux, states, ema, _ = load_checkpoint(manifest)
+        logger.info("resuming from epoch %d, iteration %d (%s)", manifest["epoch"], manifest["iteration"],
+                    manifest["dir"])
+        return arg, aux, states, ema
+    p = cfg.ModelParam.pretrain
+    if not p.prefix:
+        return {}, {}, None, None
+    shapes = dict(input_shapes)
+    arg_shapes, aux_shapes = param_shapes(sym, shapes.pop("data"), **shapes)
+    arg, aux = load_pretrained("%s-%04d.params" % (p.prefix, p.epoch), arg_shapes, aux_shapes, p.exclude)
+    return arg, aux, None, None
+
+
+def save(mod, ema, exp_dir, cfg, epoch, iteration, batch_in_epoch, step, epoch_end):
+    arg, aux = mod.get_params()
+    tmp = os.path.join(exp_dir, ".optimizer-states.tmp")
+    mod.save_optimizer_states(tmp)
+    with open(tmp, "rb") as f:
+        states = f.read()
+    os.remove(tmp)
+    save_checkpoint(exp_dir, epoch, iteration, arg, aux, states, ema.state_dict() if ema else None,
+                    extra={"batch_in_epoch": batch_in_epoch, "loss_scale": step.loss_scale},
+                    epoch_prefix=os.path.join(exp_dir, cfg.General.name) if epoch_end else None,
+                    keep_last=cfg.General.keep_last)
+
+
+def main():
+    parser = add_config_args(argparse.ArgumentParser(description=__doc__,
+                                                     formatter_class=argparse.RawDescriptionHelpFormatter))
+    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    args = parser.parse_args()
+    cfg = load_config(args.config, args.sets, is_train=True)
+    g, o = cfg.General, cfg.OptimizeParam
+    exp_dir = os.path.join("experiments", g.name)
+    os.makedirs(exp_dir, exist_ok=True)
+    setup_logger(os.path.join(exp_dir, "train.log"))
+    mx.random.seed(g.seed)
+    np.random.seed(g.seed)
+
+    # data
+    if not cfg.DatasetParam.train_roidb:
+        raise UserError("set DatasetParam.train_roidb (a roidb cache from scripts/create_roidb.py)")
+    roidb, categories = load_roidb(cfg.DatasetParam.train_roidb)
+    if len(categories) != cfg.DatasetParam.num_classes:
+        raise UserError("the roidb has %d classes but DatasetParam.num_classes is %d"
+                        % (len(categories), cfg.DatasetParam.num_classes))
+    manifest = latest_checkpoint(exp_dir) if args.resume else None
+    if args.resume and manifest is None:
+        logger.info("--resume: no complete checkpoint in %s, starting fresh", exp_dir)
+    begin_epoch = manifest["epoch"] if manifest else o.schedule.begin_epoch
+    ctx = contexts(cfg)
+    batch = g.batch_image * len(ctx)
+    loader = DetectionLoader(roidb, build_transform(cfg, True), make_target_fn(cfg), batch, shuffle=True,
+                             seed=g.seed, num_workers=cfg.DatasetParam.num_workers,
+                             prefetch=cfg.DatasetParam.prefetch, begin_epoch=begin_epoch)
+    skip = manifest["extra"]["batch_in_epoch"] if manifest else 0
+    loader.seek(skip)
+
+    # model
+    sym = get_train_symbol(cfg)
+    data_names = ["data"] + (["loss_scale"] if g.fp16 else [])
+    data_shapes = loader.provide_data + ([("loss_scale", (batch,))] if g.fp16 else [])
+    label_names = [d.name for d in loader.provide_label]
+    arg_names = [n for n in sym.list_arguments() if n not in data_names + label_names]
+    fixed = fixed_param_names(arg_names, cfg.ModelParam.pretrain.fixed_param)
+    logger.info("%d of %d parameters frozen", len(fixed), len(arg_names))
+    mod = mx.mod.Module(sym, data_names=data_names, label_names=label_names,
+                        context=ctx, fixed_param_names=fixed)
+    mod.bind(data_shapes, loader.provide_label, for_training=True)
+    arg, aux, states, ema_state = initial_params(cfg, sym, dict(data_shapes + loader.provide_label), manifest)
+    mod.init_params(initializer(), arg_params=arg, aux_params=aux, allow_missing=True)
+    iters_per_epoch = loader.num_batches
+    num_update = manifest["iteration"] if manifest else begin_epoch * iters_per_epoch
+    trainable = [n for n in arg_names if n not in fixed]
+    opt = build_optimizer(cfg, arg_names, len(roidb), batch, iters_per_epoch, num_update)
+    mod.init_optimizer(kvstore=cfg.KvstoreParam.kvstore, optimizer=opt)
+    if states:
+        tmp = os.path.join(exp_dir, ".optimizer-states.tmp")
+        with open(tmp, "wb") as f:
+            f.write(states)
+        mod.load_optimizer_states(tmp)
+        os.remove(tmp)
+    ema = ExponentialMovingAverage(o.ema_decay) if o.ema_decay > 0 else None
+    if ema and ema_state:
+        ema.load(ema_state)
+    loss_scale = (manifest["extra"]["loss_scale"] if manifest else (o.loss_scale or 2.0 ** 16)) if g.fp16 else None
+    step = TrainStep(mod, o.clip_gradient, loss_scale, dynamic=g.fp16 and not o.loss_scale)
+    logger.info("training %s: %d images, batch %d, %d iterations/epoch, epochs %d..%d, %d trainable params",
+                g.name, len(roidb), batch, iters_per_epoch, begin_epoch, o.schedule.end_epoch, len(trainable))
+
+    # loop
+    metrics = MetricsWriter(os.path.join(exp_dir, "metrics.csv"))
+    names = [n.replace("_output", "") for n in mod.output_names]
+    for epoch in range(begin_epoch, o.schedule.end_epoch):
+        bar = tqdm(total=iters_per_epoch, initial=skip, desc="epoch %d" % epoch, dynamic_ncols=True,
+                   disable=None)
+        window, tick = [], time.time()
+        for k, data in enumerate(loader, start=skip):
+            losses = step(data)
+            num_update += losses is not None
+            if losses is not None and not all(math.isfinite(v) for v in losses):
+                last = latest_checkpoint(exp_dir)
+                raise UserError("loss is not finite (%s) at epoch %d iteration %d; stopped. Last good "
+                                "checkpoint: %s" % (", ".join("%s=%s" % kv for kv in zip(names, losses)),
+                                                    epoch, num_update,
+                                                    "epoch %d iteration %d" % (last["epoch"], last["iteration"])
+                                                    if last else "none"))
+            if ema and losses is not None:
+                ema.update(*mod.get_params())
+            if losses is not None:
+                window.append(losses)
+            bar.update(1)
+            if (k + 1) % g.log_frequency == 0 or k + 1 == iters_per_epoch:
+                speed = len(window) * batch / max(time.time() - tick, 1e-9)
+                mean = np.mean(window, axis=0) if window else [float("nan")] * len(names)
+                terms = dict(zip(names, (float(v) for v in mean)))
+                bar.set_postfix(dict(terms, img_s="%.2f" % speed))
+                metrics.write(epoch, num_update, opt.learning_rate, terms, speed)
+                window, tick = [], time.time()
+            if g.checkpoint_iters and num_update % g.checkpoint_iters == 0 and k + 1 < iters_per_epoch:
+                save(mod, ema, exp_dir, cfg, epoch, num_update, k + 1, step, epoch_end=False)
+        bar.close()
+        loader.reset()
+        skip = 0
+        save(mod, ema, exp_dir, cfg, epoch + 1, num_update, 0, step, epoch_end=True)
+        logger.info("epoch %d done (%d iterations, %d unreadable images skipped so far)", epoch, num_update,
+                    loader.skipped)
+    metrics.close()
+    loader.close()
+    plot_loss_curve(os.path.join(exp_dir, "metrics.csv"), os.path.join(exp_dir, "loss_curve.png"))
+    logger.info("finished: %s", exp_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
