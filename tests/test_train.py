@@ -169,3 +169,22 @@ def test_pretrained_shape_mismatch_needs_exclude(tmp_path):
         assert "excluded" in res.stderr and "loaded" in res.stderr
     finally:
         subprocess.run(["rm", "-rf", _exp(name), _exp(name + "_b")])
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    roidb = _dataset(tmp_path, 8)
+    name = "test_nan_%d" % os.getpid()
+    try:
+        # An absurd learning rate: the first update sends the weights to inf, the next loss is NaN.
+        res = run_script(_train_args(tmp_path, roidb, name, [
+            "General.batch_image=2", "General.checkpoint_iters=1", "OptimizeParam.optimizer=sgd",
+            "OptimizeParam.lr_per_64=1e32", "OptimizeParam.warmup.epochs=0.0", "OptimizeParam.clip_gradient=0.0",
+            "OptimizeParam.schedule.end_epoch=2"]), timeout=300)
+        assert res.returncode == 2, res.stderr[-2000:]
+        line = res.stderr.strip().splitlines()[-1]
+        assert line.startswith("error: loss is not finite") and "Last good checkpoint: epoch 0 iteration 1" in line
+        last = latest_checkpoint(_exp(name), verify_hash=True)
+        arg, _, _, _, _ = load_checkpoint(last)
+        assert all(np.isfinite(v.asnumpy()).all() for v in arg.values())
+    finally:
+        subprocess.run(["rm", "-rf", _exp(name)])
