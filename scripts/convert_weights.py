@@ -23,6 +23,8 @@ from models.efficientdet.anchors import generate_anchors  # noqa: E402
 from models.efficientdet.backbone import efficientnet_classifier  # noqa: E402
 from models.efficientdet.builder import get_raw_symbol  # noqa: E402
 from models.efficientdet.convert import convert, read_source  # noqa: E402
+from models.efficientdet.loss import flatten_level_outputs  # noqa: E402
+from models.efficientdet.postprocess import match_detections, postprocess  # noqa: E402
 from models.efficientdet.scaling import EFFICIENTNET_PARAMS  # noqa: E402
 from models.efficientdet.stats import param_shapes  # noqa: E402
 from utils.checkpoint import atomic_write, save_epoch_params  # noqa: E402
@@ -61,6 +63,26 @@ def detection_model(cfg):
     return sym, names
 
 
+def with_detections(sym, names, cfg):
+    """Add the in-graph post-processing (models/efficientdet/postprocess.py) of the raw outputs,
+    without image scaling, as output "detections_xyxy_score_class"."""
+    half = len(names) // 2
+    cls, box = flatten_level_outputs(list(sym)[:half], list(sym)[half:], cfg.DatasetParam.num_classes)
+    det = postprocess(cls, box, mx.sym.ones(shape=(1, 1)), cfg)
+    return mx.sym.Group(list(sym) + [det]), names + ["detections_xyxy_score_class"]
+
+
+def detection_diff(ours, reference):
+    """Detections (0-based classes) against effdet's (1-based), order-free (match_detections)."""
+    ours = ours[0].copy()
+    ours[:, 5] += 1
+    return match_detections(ours, reference)
+
+
+# Outputs compared by something other than the plain max abs diff.
+_DIFFS = {"detections_xyxy_score_class": detection_diff}
+
+
 def check_meta(cfg, meta):
     for key, (cls, field) in _META_FIELDS.items():
         if key in meta and getattr(getattr(cfg, cls), field) != meta[key]:
@@ -81,7 +103,7 @@ def verify(sym, names, arg, aux, fixture, extra=()):
     for name, out in list(zip(names, (o.asnumpy() for o in outs))) + list(extra):
         if name not in fixture.files:
             continue
-        diff = float(np.abs(out - fixture[name]).max())
+        diff = float(_DIFFS.get(name, lambda a, b: np.abs(a - b).max())(out, fixture[name]))
         worst = max(worst, diff)
         print("%-24s %-22s max abs diff %.3g" % (name, tuple(out.shape), diff))
     print("max abs diff: %.3g" % worst)
@@ -112,6 +134,11 @@ def main():
             sets.append("DatasetParam.num_classes=%d" % num_classes)
         if meta.get("image_size"):
             sets.append("DatasetParam.image_size=(%d, %d)" % (meta["image_size"], meta["image_size"]))
+        if fixture is not None and "detections_xyxy_score_class" in fixture.files:
+            # effdet's post-processing settings when it made the fixture's detections
+            sets += ["TestParam.nms_type=hard", "TestParam.nms_thresh=0.5", "TestParam.score_thresh=0.0",
+                     "TestParam.topk_candidates=%d" % meta.get("max_detection_points", 5000),
+                     "TestParam.max_det=%d" % meta.get("max_det_per_image", 100)]
         cfg = load_config(args.config, sets, is_train=False)
         if meta:
             check_meta(cfg, meta)
@@ -125,7 +152,10 @@ def main():
     arg, aux = convert(read_source(args.src), arg_shapes, aux_shapes, min_level)
     print("converted %d parameters and %d BN statistics from %s" % (len(arg), len(aux), args.src))
 
-    ok = verify(sym, names, arg, aux, fixture, extra) if fixture is not None else True
+    check, check_names = sym, names
+    if not args.classifier and fixture is not None and "detections_xyxy_score_class" in fixture.files:
+        check, check_names = with_detections(sym, names, cfg)
+    ok = verify(check, check_names, arg, aux, fixture, extra) if fixture is not None else True
     if not ok:
         print("verification failed: above %g; nothing written" % TOLERANCE)
         return 1

@@ -7,7 +7,7 @@ from models.efficientdet.backbone import pyramid_features
 from models.efficientdet.bifpn import bifpn
 from models.efficientdet.head import efficientdet_head
 from models.efficientdet.loss import detection_loss
-from models.efficientdet.postprocess import postprocess
+from models.efficientdet.postprocess import flat_predictions, postprocess
 from utils.pretrain import match_any
 
 NECKS = {"bifpn": bifpn}
@@ -84,8 +84,8 @@ def get_test_symbol(cfg):
     if cfg.General.fp16:
         data = mx.sym.Cast(data, dtype="float16")
     cls, box = build_network(cfg, data)
-    cls, box = [cls[l] for l in sorted(cls)], [box[l] for l in sorted(box)]
+    cls, box = flat_predictions([cls[l] for l in sorted(cls)], [box[l] for l in sorted(box)],
+                                cfg.DatasetParam.num_classes)
     if cfg.General.fp16:
-        cls = [mx.sym.Cast(x, dtype="float32") for x in cls]
-        box = [mx.sym.Cast(x, dtype="float32") for x in box]
+        cls, box = mx.sym.Cast(cls, dtype="float32"), mx.sym.Cast(box, dtype="float32")
     return postprocess(cls, box, mx.sym.Variable("im_scale"), cfg)

@@ -1,0 +1,128 @@
+#!/usr/bin/env python
+"""Evaluate a detector on its validation roidb with COCO metrics.
+
+  python detection_test.py --config config/quickstart.py --epoch 8 [--set Class.field=value ...]
+  python detection_test.py --config config/efficientdet_b0.py --params model/d0-0000.params
+
+Weights: experiments/<General.name>/<General.name>-EEEE.params for --epoch (the EMA weights when
+training kept an EMA), or any .params file for --params (--ema takes the EMA weights of a training
+checkpoint ckpt-*.params). The roidb DatasetParam.val_roidb goes through the eval transform and
+the test symbol, whose graph ends in post-processing (TestParam), General.batch_image images per
+device. Writes into experiments/<General.name>/:
+  results-<tag>.json  COCO results: bbox x, y, w, h in original pixels, original category ids
+  eval-<tag>.json     the 12 COCO numbers, pycocotools' summary lines and the per-class AP table
+"""
+import argparse
+import os
+import time
+
+import mxnet as mx
+from tqdm import tqdm
+
+from core.dataset import load_roidb
+from core.evaluate import evaluate, format_per_class, to_coco_results, write_json
+from core.loader import DetectionLoader
+from core.transforms import build_transform
+from models.efficientdet.builder import get_test_symbol
+from utils.checkpoint import load_params
+from utils.config import add_config_args, load_config
+from utils.errors import UserError, run_cli
+
+INPUTS = ("data", "im_scale")
+
+
+def contexts(cfg):
+    return [mx.gpu(i) for i in cfg.KvstoreParam.gpus] or [mx.cpu()]
+
+
+def check_params(sym, arg, aux, input_shapes, path):
+    """UserError naming what is missing or mis-shaped, before Module fails less clearly."""
+    arg_shapes, _, aux_shapes = sym.infer_shape(**input_shapes)
+    want = dict(zip(sym.list_arguments(), arg_shapes))
+    want.update(zip(sym.list_auxiliary_states(), aux_shapes))
+    have = dict(arg, **aux)
+    missing = sorted(n for n in want if n not in have and n not in INPUTS)
+    if missing:
+        raise UserError("%s lacks %d parameters of this model, e.g. %s; does the config match the weights?"
+                        % (path, len(missing), ", ".join(missing[:3])))
+    wrong = ["%s %s in the file vs %s in the model" % (n, tuple(have[n].shape), tuple(want[n]))
+             for n in sorted(want) if n not in INPUTS and tuple(have[n].shape) != tuple(want[n])]
+    if wrong:
+        raise UserError("%s does not fit this model (%d shape mismatches), e.g. %s; check "
+                        "DatasetParam.num_classes and the variant" % (path, len(wrong), wrong[0]))
+
+
+def detect(mod, loader):
+    """Run every batch; return {image_id: (max_det, 6) detections} (rows: see get_test_symbol)."""
+    detections = {}
+    for batch in tqdm(loader, total=loader.num_batches, desc="test", dynamic_ncols=True, disable=None):
+        im_scale = mx.nd.array(batch.im_info[:, 2:3])
+        mod.forward(mx.io.DataBatch([batch.data[0], im_scale]), is_train=False)
+        out = mod.get_outputs()[0].asnumpy()
+        real = len(out) - batch.pad          # the padded tail repeats earlier images
+        detections.update(zip(batch.image_ids[:real].tolist(), out[:real]))
+    return detections
+
+
+def main():
+    parser = add_config_args(argparse.ArgumentParser(description=__doc__,
+                                                     formatter_class=argparse.RawDescriptionHelpFormatter))
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--epoch", type=int, help="evaluate experiments/<name>/<name>-EPOCH.params")
+    which.add_argument("--params", help="evaluate this .params file")
+    parser.add_argument("--ema", action="store_true", help="use the ema: weights of a training checkpoint")
+    args = parser.parse_args()
+    cfg = load_config(args.config, args.sets, is_train=False)
+    name = cfg.General.name
+    exp_dir = os.path.join("experiments", name)
+    if args.params:
+        path, tag = args.params, os.path.splitext(os.path.basename(args.params))[0]
+    else:
+        path, tag = os.path.join(exp_dir, "%s-%04d.params" % (name, args.epoch)), "epoch%04d" % args.epoch
+    tag += "-ema" if args.ema else ""
+
+    # data
+    if not cfg.DatasetParam.val_roidb:
+        raise UserError("set DatasetParam.val_roidb (a roidb cache from scripts/create_roidb.py)")
+    roidb, categories = load_roidb(cfg.DatasetParam.val_roidb)
+    if len(categories) != cfg.DatasetParam.num_classes:
+        raise UserError("the roidb has %d classes but DatasetParam.num_classes is %d"
+                        % (len(categories), cfg.DatasetParam.num_classes))
+    ctx = contexts(cfg)
+    batch_size = cfg.General.batch_image * len(ctx)
+    loader = DetectionLoader(roidb, build_transform(cfg, False), None, batch_size,
+                             num_workers=cfg.DatasetParam.num_workers, prefetch=cfg.DatasetParam.prefetch)
+
+    # model
+    sym = get_test_symbol(cfg)
+    arg, aux = load_params(path, ema=args.ema)
+    shapes = {"data": loader.provide_data[0].shape, "im_scale": (batch_size, 1)}
+    check_params(sym, arg, aux, shapes, path)
+    mod = mx.mod.Module(sym, data_names=list(INPUTS), label_names=None, context=ctx)
+    mod.bind(list(shapes.items()), for_training=False)
+    mod.set_params(arg, aux, allow_extra=True)
+
+    # run, score, save
+    start = time.time()
+    detections = detect(mod, loader)
+    seconds = time.time() - start
+    loader.close()
+    print("%d images in %.1f s (%.2f images/s) with %s" % (len(detections), seconds,
+                                                            len(detections) / max(seconds, 1e-9), path))
+    results = to_coco_results(detections, roidb, categories)
+    os.makedirs(exp_dir, exist_ok=True)
+    results_path = os.path.join(exp_dir, "results-%s.json" % tag)
+    write_json(results_path, results)
+    report = evaluate(roidb, categories, results)
+    print("\n".join(report["summary"]))
+    print(format_per_class(report["per_class"]))
+    eval_path = os.path.join(exp_dir, "eval-%s.json" % tag)
+    test_param = {k: v for k, v in vars(cfg.TestParam).items() if not k.startswith("_")}
+    write_json(eval_path, dict(report, params=os.path.abspath(path), config=os.path.abspath(args.config),
+                               images=len(detections), detections=len(results), test_param=test_param))
+    print("wrote %s and %s" % (results_path, eval_path))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
