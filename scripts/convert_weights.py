@@ -20,7 +20,7 @@ import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from models.efficientdet.anchors import generate_anchors  # noqa: E402
-from models.efficientdet.backbone import efficientnet_classifier  # noqa: E402
+from models.efficientdet.backbone import STRIDE_STAGES, efficientnet_classifier  # noqa: E402
 from models.efficientdet.builder import get_raw_symbol  # noqa: E402
 from models.efficientdet.convert import convert, read_source  # noqa: E402
 from models.efficientdet.loss import flatten_level_outputs  # noqa: E402
@@ -53,7 +53,7 @@ def classifier_model(variant, image_size):
         raise UserError("unknown classifier '%s'; choose from %s" % (variant, ", ".join(EFFICIENTNET_PARAMS)))
     sym, feats = efficientnet_classifier(variant, image_size)
     strides = (2, 4, 8, 16, 32)
-    return (mx.sym.Group([sym] + [feats[s][0] for s in strides]),
+    return (mx.sym.Group([sym] + [feats["stage%d" % STRIDE_STAGES[s]][0] for s in strides]),
             ["logits"] + ["feature_stride%d" % s for s in strides])
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import require_reference, run_script
 from models.efficientdet.anchors import generate_anchors, num_anchors
-from models.efficientdet.backbone import efficientnet_classifier
+from models.efficientdet.backbone import STRIDE_STAGES, efficientnet_classifier
 from models.efficientdet.builder import get_raw_symbol
 from models.efficientdet.convert import convert, read_source
 from models.efficientdet.layers import conv, max_pool, same_pad, upsample_to
@@ -43,7 +43,7 @@ def test_b0_classifier_parity_with_timm_fixture():
     z = np.load(path)
     sym, feats = efficientnet_classifier("efficientnet_b0")
     strides = (2, 4, 8, 16, 32)
-    group = mx.sym.Group([sym] + [feats[s][0] for s in strides])
+    group = mx.sym.Group([sym] + [feats["stage%d" % STRIDE_STAGES[s]][0] for s in strides])
     arg, aux = convert(read_source(path), *param_shapes(group, (1, 3, 224, 224)))
     outs = _run(group, arg, aux, z["input"])
     np.testing.assert_allclose(outs[0], z["logits"], atol=1e-3, rtol=0)

@@ -15,8 +15,8 @@ from models.efficientdet.layers import conv, conv_bn, swish
 from models.efficientdet.scaling import (EFFICIENTNET_PARAMS, HEAD_CHANNELS, SE_RATIO,
                                          STEM_CHANNELS, round_filters, scaled_stages)
 
-# P3, P4 and P5 are the outputs of these stages (strides 8, 16, 32).
-FEATURE_STAGES = {3: 3, 4: 5, 5: 7}
+# The last stage at each stride: P3, P4 and P5 are the outputs of stages 3, 5 and 7.
+STRIDE_STAGES = {2: 1, 4: 2, 8: 3, 16: 5, 32: 7}
 
 
 def mbconv(data, name, hw, in_ch, out_ch, kernel, stride, expand, drop_rate, bn):
@@ -46,26 +46,20 @@ def mbconv(data, name, hw, in_ch, out_ch, kernel, stride, expand, drop_rate, bn)
 
 
 def efficientnet_features(data, hw, variant, drop_connect=0.0, bn_momentum=0.99, bn_eps=1e-3):
-    """EfficientNet trunk. Returns {stride: (symbol, channels, hw)} for strides 2..32 (stage outputs
-    at strides 2, 4, 8, 16 and 32, the last of each stride) and the final trunk output under key "last".
-    """
+    """EfficientNet trunk. Returns {"stage1".."stage7": (symbol, channels, hw)}, the stage outputs."""
     bn = {"bn": {"momentum": bn_momentum, "eps": bn_eps}}
     width = EFFICIENTNET_PARAMS[variant][0]
     stem = round_filters(STEM_CHANNELS, width)
     x, hw = conv_bn(data, "stem", hw, stem, 3, 2, **bn)
     stages = scaled_stages(variant)
     total = sum(s[0] for s in stages)
-    feats, in_ch, idx, stride_total = {}, stem, 0, 2
+    feats, in_ch, idx = {}, stem, 0
     for s, (repeats, kernel, stride, expand, out_ch) in enumerate(stages, 1):
         for u in range(1, repeats + 1):
-            first = u == 1
             x, hw = mbconv(x, "stage%d_unit%d" % (s, u), hw, in_ch, out_ch, kernel,
-                           stride if first else 1, expand, drop_connect * idx / total, bn)
+                           stride if u == 1 else 1, expand, drop_connect * idx / total, bn)
             in_ch, idx = out_ch, idx + 1
-        stride_total *= stride
-        feats[stride_total] = (x, in_ch, hw)
         feats["stage%d" % s] = (x, in_ch, hw)
-    feats["last"] = (x, in_ch, hw)
     return feats
 
 
@@ -73,7 +67,7 @@ def pyramid_features(data, hw, cfg):
     """Backbone P3..P5 for a detection config: {level: (symbol, channels, hw)}."""
     p = cfg.BackboneParam
     feats = efficientnet_features(data, hw, p.name, p.drop_connect, p.bn_momentum, p.bn_eps)
-    return {level: feats["stage%d" % stage] for level, stage in FEATURE_STAGES.items()}
+    return {level: feats["stage%d" % STRIDE_STAGES[2 ** level]] for level in (3, 4, 5)}
 
 
 def efficientnet_classifier(variant, image_size=None, num_classes=1000, drop_connect=0.2):
@@ -84,7 +78,7 @@ def efficientnet_classifier(variant, image_size=None, num_classes=1000, drop_con
     size = image_size or resolution
     data = mx.sym.Variable("data")
     feats = efficientnet_features(data, (size, size), variant, drop_connect)
-    x, _, hw = feats["last"]
+    x, _, hw = feats["stage7"]
     x, _ = conv_bn(x, "head", hw, round_filters(HEAD_CHANNELS, width), 1)
     x = mx.sym.Pooling(x, global_pool=True, pool_type="avg", kernel=(1, 1))
     x = mx.sym.Dropout(mx.sym.flatten(x), p=dropout)
