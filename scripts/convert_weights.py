@@ -38,6 +38,11 @@ _META_FIELDS = {"fpn_channels": ("NeckParam", "width"), "fpn_cell_repeats": ("Ne
                 "num_scales": ("AnchorParam", "num_scales")}
 
 
+def _hw(size):
+    """An image size given as an int (square) or (H, W) -> (H, W)."""
+    return tuple(int(v) for v in size) if isinstance(size, (tuple, list)) else (int(size), int(size))
+
+
 def read_fixture(path):
     if not os.path.isfile(path):
         raise UserError("fixture not found: %s" % path)
@@ -133,7 +138,7 @@ def main():
         if num_classes:
             sets.append("DatasetParam.num_classes=%d" % num_classes)
         if meta.get("image_size"):
-            sets.append("DatasetParam.image_size=(%d, %d)" % (meta["image_size"], meta["image_size"]))
+            sets.append("DatasetParam.image_size=%r" % (_hw(meta["image_size"]),))
         if fixture is not None and "detections_xyxy_score_class" in fixture.files:
             # effdet's post-processing settings when it made the fixture's detections
             sets += ["TestParam.nms_type=hard", "TestParam.nms_thresh=0.5", "TestParam.score_thresh=0.0",
@@ -147,8 +152,7 @@ def main():
         a = cfg.AnchorParam
         extra = [("anchors_yxyx", generate_anchors(size, min_level, cfg.NeckParam.max_level, a.num_scales,
                                                     a.aspect_ratios, a.scale))]
-    size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-    arg_shapes, aux_shapes = param_shapes(sym, (1, 3) + size)
+    arg_shapes, aux_shapes = param_shapes(sym, (1, 3) + _hw(size))
     arg, aux = convert(read_source(args.src), arg_shapes, aux_shapes, min_level)
     print("converted %d parameters and %d BN statistics from %s" % (len(arg), len(aux), args.src))
 

@@ -72,12 +72,14 @@ def pyramid_features(data, hw, cfg):
 
 def efficientnet_classifier(variant, image_size=None, num_classes=1000, drop_connect=0.2):
     """ImageNet classifier `efficientnet_bN`: trunk, 1x1 conv to 1280*w, BN, swish, mean-pool,
-    dropout, FC. Input (N, 3, R, R) normalised RGB; output (N, num_classes) logits named `fc_output`.
+    dropout, FC. Input (N, 3, H, W) normalised RGB with (H, W) = image_size (an int means square;
+    default: the variant's resolution); output (N, num_classes) logits named `fc_output`.
     """
     width, _, resolution, dropout = EFFICIENTNET_PARAMS[variant]
     size = image_size or resolution
+    hw = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
     data = mx.sym.Variable("data")
-    feats = efficientnet_features(data, (size, size), variant, drop_connect)
+    feats = efficientnet_features(data, hw, variant, drop_connect)
     x, _, hw = feats["stage7"]
     x, _ = conv_bn(x, "head", hw, round_filters(HEAD_CHANNELS, width), 1)
     x = mx.sym.Pooling(x, global_pool=True, pool_type="avg", kernel=(1, 1))
