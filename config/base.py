@@ -22,6 +22,10 @@ def make_config(is_train, overrides=None):
     class KvstoreParam:
         kvstore = "local"            # local | device | nccl | dist_sync | dist_device_sync
         gpus = []                    # empty: run on CPU
+        # Under scripts/launch.py (DMLC_ROLE=worker) a non-dist kvstore becomes dist_sync (or
+        # dist_device_sync with gpus). The lr then follows the global batch, batch x workers,
+        # so the schedule matches one machine at that batch; False keeps the per-worker lr.
+        scale_lr_by_workers = True
 
     class NormalizeParam:
         # RGB 0-255 in; ImageNet statistics scaled to 0-255.
@@ -65,10 +69,24 @@ def make_config(is_train, overrides=None):
         # roidb caches written by scripts/create_roidb.py ("" = not set)
         train_roidb = ""
         val_roidb = ""
+        # display names by class index for detection_infer.py ([] = the val roidb's category
+        # names when that cache exists, else "0", "1", ...)
+        class_names = []
         # training augmentation (core/transforms.py); eval only resizes and pads
         hflip_prob = 0.5
         scale_range = (0.1, 2.0)     # scale jitter of the input size, then a random crop
         color_jitter = (0.1, 0.1, 0.1, 0.0)  # brightness, contrast, saturation, hue (0 = off)
+        # sample mixing before the geometry above (core/augment.py, core/mixing.py); 0 = off
+        mosaic_prob = 0.0            # 4 images in a 2x2 around a random centre
+        mixup_prob = 0.0             # blend with another image; both box sets kept with full labels
+        mixup_alpha = 32.0           # blend ratio ~ Beta(alpha, alpha); 32 (YOLOv5) keeps it near 0.5
+        cutmix_prob = 0.0            # a random rectangle of another image
+        paste_prob = 0.0             # paste-in ("insect") patches, 1..paste_max per image
+        paste_dir = ""               # folder of RGBA patches ("" = object crops cut by the roidb's boxes)
+        paste_as_objects = True      # patches get boxes; False = distractors without boxes (needs paste_dir)
+        paste_class = -1             # class index of paste_dir patches pasted as objects
+        paste_max = 3
+        paste_scale = (0.5, 1.5)     # random resize factor of each patch
         # loader (core/loader.py)
         num_workers = 2              # decoding/augmenting threads
         prefetch = 2                 # batches prepared ahead of the one being trained on
@@ -107,6 +125,11 @@ def make_config(is_train, overrides=None):
         nms_thresh = 0.5
         soft_nms_sigma = 0.5
         max_det = 100
+        # test-time augmentation in detection_test.py (core/tta.py), views merged by WBF
+        tta_flip = False             # add the horizontally flipped image of every view
+        tta_scales = []              # extra input sizes besides DatasetParam.image_size: 640 or (H, W)
+        wbf_iou_thr = 0.55           # same-class boxes above this IoU are fused
+        wbf_skip_box_thr = 0.0       # view detections scoring below this are left out of the fusion
 
     classes = [General, KvstoreParam, NormalizeParam, BackboneParam, NeckParam, HeadParam,
                AnchorParam, DatasetParam, ModelParam, OptimizeParam, TestParam]

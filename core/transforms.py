@@ -57,6 +57,8 @@ class DetTransform:
     """Callable: `(record, rng) -> sample`.
 
     record: a roidb dict (see core/dataset.py). rng: np.random.RandomState (unused for eval).
+        A record may carry "pixels" (RGB uint8 (h, w, 3)) to use instead of reading its image:
+        core/mixing.py passes mixed images that way, with their boxes and classes.
     sample: {"data": float32 (3, H, W), "boxes": float32 (G', 4) x1y1x2y2 in input pixels,
              "classes": int32 (G',), "scale": float (input = original * scale),
              "image_id": int, "orig_size": (h, w)}.
@@ -88,7 +90,7 @@ class DetTransform:
         return s, ox, oy, flip
 
     def __call__(self, record, rng=None):
-        img = read_image(record["image"])
+        img = record["pixels"] if "pixels" in record else read_image(record["image"])
         h, w = img.shape[:2]
         H, W = self.size
         s, ox, oy, flip = self._geometry(h, w, rng)
@@ -137,10 +139,15 @@ class DetTransform:
         return clipped[keep].astype(np.float32), classes[keep]
 
 
-def build_transform(cfg, is_train):
+def build_transform(cfg, is_train, roidb=None):
     """DetTransform from cfg.DatasetParam (image_size, hflip_prob, scale_range, color_jitter) and
-    cfg.NormalizeParam (mean, std)."""
+    cfg.NormalizeParam (mean, std). For training with any of DatasetParam's mosaic / mixup / cutmix /
+    paste probabilities above 0, wrapped in core.mixing.MixTransform, which draws from `roidb`."""
     d = cfg.DatasetParam
-    return DetTransform(d.image_size, cfg.NormalizeParam.mean, cfg.NormalizeParam.std, is_train,
-                        hflip_prob=d.hflip_prob, scale_range=d.scale_range,
-                        color_jitter=d.color_jitter)
+    transform = DetTransform(d.image_size, cfg.NormalizeParam.mean, cfg.NormalizeParam.std, is_train,
+                             hflip_prob=d.hflip_prob, scale_range=d.scale_range,
+                             color_jitter=d.color_jitter)
+    if not is_train:
+        return transform
+    from core.mixing import build_mix_transform   # imported here: core.mixing imports this module
+    return build_mix_transform(cfg, transform, roidb)
