@@ -173,3 +173,15 @@ def test_fusion_variants_build_and_run(fusion):
     assert all(np.isfinite(o.asnumpy()).all() for o in mod.get_outputs())
     has_weights = any(n.endswith("_edge_weight") for n in sym.list_arguments())
     assert has_weights == (fusion != "sum")
+
+
+def test_anchor_strides_follow_feature_sizes_on_odd_inputs():
+    """effdet/automl use stride = input / feature size per axis, which is not 2**level when the
+    input does not divide: at 300 px P7 is 3 cells of 100 px, not 128."""
+    a = generate_anchors((300, 320), min_level=7, max_level=7, num_scales=1, aspect_ratios=((1.0, 1.0),))
+    sy, sx = 300 / 3.0, 320 / 3.0
+    np.testing.assert_allclose(a[0], [sy / 2 - 2 * sy, sx / 2 - 2 * sx, sy / 2 + 2 * sy, sx / 2 + 2 * sx], rtol=1e-6)
+    np.testing.assert_allclose(a[-1, 2:] - a[-1, :2], [4 * sy, 4 * sx], rtol=1e-6)
+    # Dividing sizes keep the power-of-two stride.
+    b = generate_anchors((256, 256), min_level=3, max_level=3, num_scales=1, aspect_ratios=((1.0, 1.0),))
+    np.testing.assert_allclose(b[1] - b[0], [0, 8, 0, 8])

@@ -18,8 +18,8 @@ from models.efficientdet.postprocess import (_top_pairs, flat_predictions, greed
 D0 = "tf_efficientdet_d0_256.npz"
 
 
-def small_cfg(**test):
-    overrides = {"DatasetParam.image_size": (64, 96), "DatasetParam.num_classes": 3,
+def small_cfg(image_size=(64, 96), **test):
+    overrides = {"DatasetParam.image_size": image_size, "DatasetParam.num_classes": 3,
                  "NeckParam.max_level": 5, "TestParam.topk_candidates": 120, "TestParam.max_det": 25}
     overrides.update({"TestParam." + k: v for k, v in test.items()})
     return make_config(False, overrides)
@@ -93,8 +93,9 @@ def random_problem(cfg, batch=2, seed=0):
 
 @pytest.mark.parametrize("test", [{}, {"nms_type": "soft"}, {"nms_thresh": 0.3, "score_thresh": 0.6},
                                   {"topk_candidates": 30, "max_det": 40}])
-def test_matches_numpy_reference(test):
-    cfg = small_cfg(**test)
+@pytest.mark.parametrize("image_size", [(64, 96), (50, 77)])  # 50 x 77: anchor strides below 2**level
+def test_matches_numpy_reference(test, image_size):
+    cfg = small_cfg(image_size, **test)
     cls_pred, box_pred, scale = random_problem(cfg)
     got = run_postprocess(cfg, cls_pred, box_pred, scale)
     assert got.shape == (2, cfg.TestParam.max_det, 6)
@@ -252,15 +253,14 @@ def test_match_detections_tolerates_ties_not_differences():
     assert match_detections(cut_tie, ref) == float("inf")
 
 
-def test_onnx_export_of_postprocess_matches_mxnet(tmp_path, monkeypatch):
-    ort = pytest.importorskip("onnxruntime")
-    onnx = pytest.importorskip("onnx")
-    monkeypatch.setattr(onnx.defs, "onnx_opset_version", lambda: 13)   # DESIGN.md §2
+def test_onnx_export_of_postprocess_matches_mxnet(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from utils.onnx_export import export_onnx, ort_session   # opset forced to 13 (DESIGN.md §2)
     cfg = small_cfg()
     cls_pred, box_pred, scale = random_problem(cfg, batch=1)
     want = run_postprocess(cfg, cls_pred, box_pred, scale)
     sym = postprocess(mx.sym.Variable("cls_pred"), mx.sym.Variable("box_pred"), mx.sym.Variable("im_scale"), cfg)
-    path = mx.onnx.export_model(sym, {}, [cls_pred.shape, box_pred.shape, scale.shape], [np.float32] * 3,
-                                str(tmp_path / "post.onnx"))
-    got = ort.InferenceSession(path).run(None, {"cls_pred": cls_pred, "box_pred": box_pred, "im_scale": scale})[0]
+    path = export_onnx(sym, {}, [cls_pred.shape, box_pred.shape, scale.shape], str(tmp_path / "post.onnx"))
+    got = ort_session(path).run(None, {"cls_pred": cls_pred, "box_pred": box_pred, "im_scale": scale})[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)

@@ -1,8 +1,10 @@
 """EfficientDet anchors (numpy), as in google/automl and effdet.
 
-Per level l (stride 2**l), for octave o in 0..num_scales-1 and each aspect (ax, ay):
-base = anchor_scale * stride * 2**(o / num_scales); half sizes are base*ax/2 (x) and base*ay/2 (y);
-centres sit at stride/2 + k*stride. Order: level, y, x, then anchor (o * num_aspects + aspect).
+Per level l with feature size (fh, fw), the stride is per axis: (H / fh, W / fw), which is 2**l
+when the input divides by 2**l and slightly less otherwise (effdet and automl do the same). For
+octave o in 0..num_scales-1 and each aspect (ax, ay): base = anchor_scale * stride * 2**(o /
+num_scales) per axis; half sizes are base_x*ax/2 and base_y*ay/2; centres sit at stride/2 + k*stride.
+Order: level, y, x, then anchor (o * num_aspects + aspect).
 """
 import numpy as np
 
@@ -19,21 +21,27 @@ def feature_sizes(image_size, max_level):
     return sizes
 
 
+def level_strides(image_size, level):
+    """(stride_y, stride_x) of `level` for an (H, W) input: the input size over the feature size."""
+    fh, fw = feature_sizes(image_size, level)[level]
+    return image_size[0] / float(fh), image_size[1] / float(fw)
+
+
 def generate_anchors(image_size, min_level=3, max_level=7, num_scales=3,
                      aspect_ratios=ASPECT_RATIOS, anchor_scale=4.0):
     """Anchors for an (H, W) input as float32 (A, 4) in (y1, x1, y2, x2), A = sum_l h_l*w_l*K."""
     sizes = feature_sizes(image_size, max_level)
     out = []
     for level in range(min_level, max_level + 1):
-        stride = 2 ** level
+        sy, sx = level_strides(image_size, level)
         fh, fw = sizes[level]
-        ys = stride / 2.0 + np.arange(fh) * stride
-        xs = stride / 2.0 + np.arange(fw) * stride
+        ys = sy / 2.0 + np.arange(fh) * sy
+        xs = sx / 2.0 + np.arange(fw) * sx
         half = []
         for octave in range(num_scales):
-            base = anchor_scale * stride * 2.0 ** (octave / float(num_scales))
+            base = anchor_scale * 2.0 ** (octave / float(num_scales))
             for ax, ay in aspect_ratios:
-                half.append((base * ay / 2.0, base * ax / 2.0))
+                half.append((base * sy * ay / 2.0, base * sx * ax / 2.0))
         half = np.array(half)  # (K, 2) half-height, half-width
         cy, cx = np.meshgrid(ys, xs, indexing="ij")
         centre = np.stack([cy, cx], -1).reshape(-1, 1, 2)  # (h*w, 1, 2)

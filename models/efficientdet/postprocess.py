@@ -36,7 +36,7 @@ for T = 5000 here) and exports to ONNX class-agnostic (DESIGN.md §2).
 import mxnet as mx
 import numpy as np
 
-from models.efficientdet.anchors import feature_sizes
+from models.efficientdet.anchors import feature_sizes, level_strides
 
 PAD = -1.0   # every field of a padding row
 
@@ -137,15 +137,17 @@ def select_candidates(cls_pred, box_pred, cfg, topk):
     Returns logits (N, T), best first, and for each of them rows (N, T, 6) float32 =
     (class, anchor index, yc, xc, h, w) and codes (N, T, 4) = (ty, tx, th, tw).
     The anchors are those of anchors.generate_anchors, computed for the T winners only: the K
-    anchors of a cell are octave-major, base = anchor_scale * stride * 2^(o / num_scales),
-    h = base * ay, w = base * ax, centred at (y + 0.5, x + 0.5) * stride.
+    anchors of a cell are octave-major, base = anchor_scale * 2^(o / num_scales),
+    h = base * ay * stride_y, w = base * ax * stride_x, centred at ((y + 0.5) * stride_y,
+    (x + 0.5) * stride_x), with the per-axis strides of anchors.level_strides.
     """
     a, num_classes = cfg.AnchorParam, cfg.DatasetParam.num_classes
     k_anchors = a.num_scales * len(a.aspect_ratios)
     octaves = [a.scale * 2.0 ** (o / float(a.num_scales)) for o in range(a.num_scales)]
     k_h = _const([b * ay for b in octaves for _, ay in a.aspect_ratios])
     k_w = _const([b * ax for b in octaves for ax, _ in a.aspect_ratios])
-    sizes = feature_sizes(tuple(cfg.DatasetParam.image_size), cfg.NeckParam.max_level)
+    image_size = tuple(cfg.DatasetParam.image_size)
+    sizes = feature_sizes(image_size, cfg.NeckParam.max_level)
     levels = range(cfg.NeckParam.min_level, cfg.NeckParam.max_level + 1)
     total = sum(sizes[l][0] * sizes[l][1] for l in levels) * k_anchors
     logits, anchor, cls = _top_pairs(cls_pred, total, num_classes, topk)
@@ -158,13 +160,12 @@ def select_candidates(cls_pred, box_pred, cfg, topk):
         inside = (local > -0.5) * (local < fh * fw * k_anchors - 0.5)   # integers; ONNX has no >=
         cell, k = _split_index(local, k_anchors)
         y, x = _split_index(cell, fw)
-        stride = 2.0 ** level
-        fields = mx.sym.stack((y + 0.5) * stride, (x + 0.5) * stride, k, k * 0 + stride, axis=2)
+        sy, sx = level_strides(image_size, level)
+        fields = mx.sym.stack((y + 0.5) * sy, (x + 0.5) * sx, k, k * 0 + sy, k * 0 + sx, axis=2)
         rows = rows + mx.sym.broadcast_mul(fields, mx.sym.expand_dims(inside, axis=2))
         first += fh * fw * k_anchors
-    yc, xc, k, stride = mx.sym.split(rows, num_outputs=4, axis=2, squeeze_axis=True)
-    rows = mx.sym.stack(cls, anchor, yc, xc, mx.sym.take(k_h, k) * stride,
-                        mx.sym.take(k_w, k) * stride, axis=2)
+    yc, xc, k, sy, sx = mx.sym.split(rows, num_outputs=5, axis=2, squeeze_axis=True)
+    rows = mx.sym.stack(cls, anchor, yc, xc, mx.sym.take(k_h, k) * sy, mx.sym.take(k_w, k) * sx, axis=2)
     return logits, rows, _gather(box_pred, anchor)
 
 
