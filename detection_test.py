@@ -8,7 +8,9 @@ Weights: experiments/<General.name>/<General.name>-EEEE.params for --epoch (the 
 training kept an EMA), or any .params file for --params (--ema takes the EMA weights of a training
 checkpoint ckpt-*.params). The roidb DatasetParam.val_roidb goes through the eval transform and
 the test symbol, whose graph ends in post-processing (TestParam), General.batch_image images per
-device. Writes into experiments/<General.name>/:
+device. With TestParam.tta_flip / tta_scales every extra view (mirrored image, other input
+sizes) runs too and the views are merged per image by weighted boxes fusion (core/tta.py).
+Writes into experiments/<General.name>/:
   results-<tag>.json  COCO results: bbox x, y, w, h in original pixels, original category ids
   eval-<tag>.json     the 12 COCO numbers, pycocotools' summary lines and the per-class AP table
 """
@@ -22,7 +24,7 @@ from tqdm import tqdm
 from core.dataset import load_roidb
 from core.evaluate import evaluate, format_per_class, to_coco_results, write_json
 from core.loader import DetectionLoader
-from core.transforms import build_transform
+from core.tta import eval_transform, merge_views, tta_views, unflip
 from models.efficientdet.builder import get_test_symbol
 from utils.checkpoint import load_params
 from utils.config import add_config_args, load_config
@@ -52,13 +54,27 @@ def check_params(sym, arg, aux, input_shapes, path):
                         "DatasetParam.num_classes and the variant" % (path, len(wrong), wrong[0]))
 
 
-def detect(mod, loader):
-    """Run every batch; return {image_id: (max_det, 6) detections} (rows: see get_test_symbol)."""
+def bind_model(cfg, arg, aux, ctx, batch_size, path):
+    """Module of the test symbol at cfg's input size, holding the weights (arg, aux)."""
+    sym = get_test_symbol(cfg)
+    shapes = {"data": (batch_size, 3) + tuple(cfg.DatasetParam.image_size), "im_scale": (batch_size, 1)}
+    check_params(sym, arg, aux, shapes, path)
+    mod = mx.mod.Module(sym, data_names=list(INPUTS), label_names=None, context=ctx)
+    mod.bind(list(shapes.items()), for_training=False)
+    mod.set_params(arg, aux, allow_extra=True)
+    return mod
+
+
+def detect(mod, loader, flip=False):
+    """Run every batch; return {image_id: (max_det, 6) detections} (rows: see get_test_symbol).
+    flip: the loader mirrors the images, so the boxes are mirrored back (core.tta.unflip)."""
     detections = {}
     for batch in tqdm(loader, total=loader.num_batches, desc="test", dynamic_ncols=True, disable=None):
         im_scale = mx.nd.array(batch.im_info[:, 2:3])
         mod.forward(mx.io.DataBatch([batch.data[0], im_scale]), is_train=False)
         out = mod.get_outputs()[0].asnumpy()
+        if flip:
+            out = unflip(out, batch.im_info[:, 1])
         real = len(out) - batch.pad          # the padded tail repeats earlier images
         detections.update(zip(batch.image_ids[:real].tolist(), out[:real]))
     return detections
@@ -90,23 +106,23 @@ def main():
                         % (len(categories), cfg.DatasetParam.num_classes))
     ctx = contexts(cfg)
     batch_size = cfg.General.batch_image * len(ctx)
-    loader = DetectionLoader(roidb, build_transform(cfg, False), None, batch_size,
-                             num_workers=cfg.DatasetParam.num_workers, prefetch=cfg.DatasetParam.prefetch)
-
-    # model
-    sym = get_test_symbol(cfg)
     arg, aux = load_params(path, ema=args.ema)
-    shapes = {"data": loader.provide_data[0].shape, "im_scale": (batch_size, 1)}
-    check_params(sym, arg, aux, shapes, path)
-    mod = mx.mod.Module(sym, data_names=list(INPUTS), label_names=None, context=ctx)
-    mod.bind(list(shapes.items()), for_training=False)
-    mod.set_params(arg, aux, allow_extra=True)
 
-    # run, score, save
+    # run every view (just the plain one without TTA; the time excludes binding), score, save
+    per_view, seconds = [], 0.0
+    for view_cfg, flips in tta_views(cfg):
+        mod = bind_model(view_cfg, arg, aux, ctx, batch_size, path)
+        for flip in flips:
+            loader = DetectionLoader(roidb, eval_transform(view_cfg, flip), None, batch_size,
+                                     num_workers=cfg.DatasetParam.num_workers, prefetch=cfg.DatasetParam.prefetch)
+            start = time.time()
+            per_view.append(detect(mod, loader, flip))
+            seconds += time.time() - start
+            loader.close()
     start = time.time()
-    detections = detect(mod, loader)
-    seconds = time.time() - start
-    loader.close()
+    detections = per_view[0] if len(per_view) == 1 else \
+        merge_views(per_view, {r["image_id"]: (r["height"], r["width"]) for r in roidb}, cfg)
+    seconds += time.time() - start
     print("%d images in %.1f s (%.2f images/s) with %s" % (len(detections), seconds,
                                                             len(detections) / max(seconds, 1e-9), path))
     results = to_coco_results(detections, roidb, categories)

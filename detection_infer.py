@@ -1,0 +1,142 @@
+#!/usr/bin/env python
+"""Detect objects in image files: a PNG with the boxes drawn and a json per image.
+
+  python detection_infer.py --config config/quickstart.py --params experiments/quickstart/quickstart-0005.params \\
+      --input photo.jpg|folder --out outputs/ [--score 0.3] [--set Class.field=value ...]
+
+Any size, aspect or format cv2 reads works (grayscale and RGBA become RGB): each image is resized
+to fit DatasetParam.image_size keeping its aspect, placed top-left and padded (the eval
+transform), then runs through the deploy graph (models/efficientdet/deploy.py: normalisation,
+network and post-processing in one symbol), one image at a time. A folder is read without
+recursion, files with image extensions only. For input NAME (e.g. a.jpg) the outputs are
+OUT/NAME.png and OUT/NAME.json:
+  {"image": path, "width": w, "height": h, "detections": [{"box": [x1, y1, x2, y2] original pixels,
+   clipped to the image, "score", "class_id" (0-based), "class_name"}, ...] best first}
+holding the detections scoring at least --score. Class names: DatasetParam.class_names, else
+the category names of DatasetParam.val_roidb when that cache exists, else "0", "1", ...
+An unreadable image is skipped with one line and counted in the summary.
+"""
+import argparse
+import os
+
+import cv2
+import mxnet as mx
+import numpy as np
+
+from core.dataset import load_roidb
+from core.evaluate import write_json
+from core.transforms import ImageReadError, read_image
+from detection_test import check_params, contexts
+from models.efficientdet.deploy import get_deploy_symbol, prepare_image
+from utils.checkpoint import atomic_write, load_params
+from utils.config import add_config_args, load_config
+from utils.draw import draw_detections
+from utils.errors import UserError, run_cli
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+
+
+def list_images(path):
+    """[image paths] for a file or a folder (sorted); UserError for a missing path or no images."""
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise UserError("input not found: %s" % path)
+    found = sorted(os.path.join(path, n) for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTS))
+    if not found:
+        raise UserError("no images (%s) in %s" % (" ".join(IMAGE_EXTS), path))
+    return found
+
+
+def class_names(cfg):
+    """Display name of each class index (module docstring)."""
+    d = cfg.DatasetParam
+    if d.class_names:
+        if len(d.class_names) != d.num_classes:
+            raise UserError("DatasetParam.class_names has %d names for %d classes"
+                            % (len(d.class_names), d.num_classes))
+        return [str(n) for n in d.class_names]
+    if d.val_roidb and os.path.isfile(d.val_roidb):
+        _, categories = load_roidb(d.val_roidb)
+        if len(categories) == d.num_classes:
+            return [c["name"] for c in categories]
+    return [str(i) for i in range(d.num_classes)]
+
+
+def load_model(cfg, params_path):
+    """Module of the deploy graph bound for one image, with the weights of `params_path`."""
+    H, W = cfg.DatasetParam.image_size
+    shapes = {"data": (1, 3, H, W), "im_scale": (1, 1)}
+    sym = get_deploy_symbol(cfg)
+    arg, aux = load_params(params_path)
+    check_params(sym, arg, aux, shapes, params_path)
+    mod = mx.mod.Module(sym, data_names=list(shapes), label_names=None, context=contexts(cfg)[:1])
+    mod.bind(list(shapes.items()), for_training=False)
+    mod.set_params(arg, aux, allow_extra=True)
+    return mod
+
+
+def detect(mod, cfg, image_rgb, score_thresh):
+    """(K, 6) detections of one RGB image: boxes in its pixels clipped to it, score >= score_thresh,
+    best first."""
+    data, scale = prepare_image(image_rgb, cfg.DatasetParam.image_size, cfg.NormalizeParam.mean)
+    mod.forward(mx.io.DataBatch([mx.nd.array(data[None]), mx.nd.array([[scale]])]), is_train=False)
+    det = mod.get_outputs()[0].asnumpy()[0]
+    det = det[det[:, 4] >= max(score_thresh, 0.0)]          # padding rows score -1
+    h, w = image_rgb.shape[:2]
+    det[:, [0, 2]] = np.clip(det[:, [0, 2]], 0, w)
+    det[:, [1, 3]] = np.clip(det[:, [1, 3]], 0, h)
+    return det[(det[:, 2] > det[:, 0]) & (det[:, 3] > det[:, 1])]
+
+
+def write_outputs(out_dir, path, image_rgb, det, names):
+    """OUT/NAME.png (boxes drawn) and OUT/NAME.json (module docstring), both written atomically."""
+    stem = os.path.join(out_dir, os.path.basename(path))
+    drawn = draw_detections(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), det[:, :4], det[:, 4], det[:, 5],
+                            names, score_thresh=-1.0)        # already filtered by --score
+    png = cv2.imencode(".png", drawn)[1].tobytes()
+
+    def write_png(tmp):
+        with open(tmp, "wb") as f:
+            f.write(png)
+    atomic_write(stem + ".png", write_png)
+    h, w = image_rgb.shape[:2]
+    rows = [{"box": [round(float(v), 2) for v in d[:4]], "score": round(float(d[4]), 5),
+             "class_id": int(d[5]), "class_name": names[int(d[5])]} for d in det]
+    write_json(stem + ".json", {"image": path, "width": w, "height": h, "detections": rows})
+
+
+def main():
+    parser = add_config_args(argparse.ArgumentParser(description=__doc__,
+                                                     formatter_class=argparse.RawDescriptionHelpFormatter))
+    parser.add_argument("--params", required=True, help="trained .params file")
+    parser.add_argument("--input", required=True, help="an image file or a folder of images")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--score", type=float, default=0.3, help="keep detections scoring at least this")
+    args = parser.parse_args()
+    cfg = load_config(args.config, args.sets, is_train=False)
+    images = list_images(args.input)
+    if os.path.isdir(args.input) and os.path.isdir(args.out) and os.path.samefile(args.input, args.out):
+        raise UserError("--out must not be the input folder: the outputs would become inputs next time")
+    names = class_names(cfg)
+    mod = load_model(cfg, args.params)
+    os.makedirs(args.out, exist_ok=True)
+
+    done, skipped, total = 0, 0, 0
+    for path in images:
+        try:
+            image = read_image(path)
+        except ImageReadError as e:
+            print("skipped: %s" % e)
+            skipped += 1
+            continue
+        det = detect(mod, cfg, image, args.score)
+        write_outputs(args.out, path, image, det, names)
+        done, total = done + 1, total + len(det)
+    print("%d image(s) -> %s: %d detections scoring >= %g; %d unreadable image(s) skipped"
+          % (done, args.out, total, args.score, skipped))
+    return 0 if done else 1
+
+
+if __name__ == "__main__":
+    run_cli(main)

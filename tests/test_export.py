@@ -1,0 +1,90 @@
+"""scripts/export.py (deploy graph with pre- and post-processing, ONNX round trip),
+utils/onnx_export.py and detection_infer_speed.py."""
+import re
+
+import cv2
+import mxnet as mx
+import numpy as np
+import pytest
+
+from conftest import run_script
+from test_infer import CONFIG, SETS, set_args, tiny_params
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny model exported with --onnx: (prefix, completed process)."""
+    pytest.importorskip("onnxruntime")
+    folder = tmp_path_factory.mktemp("export")
+    # A damped box head keeps boxes image-sized, so pixel differences mean something.
+    params = tiny_params(folder / "tiny.params", box_scale=0.05)
+    prefix = folder / "deploy" / "tiny"
+    res = run_script(["scripts/export.py", "--config", CONFIG, "--params", params, "--out", prefix, "--onnx"]
+                     + set_args(), timeout=180)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return str(prefix), res
+
+
+def test_onnx_round_trip_matches_mxnet(exported):
+    prefix, res = exported
+    print(res.stdout)
+    line = re.search(r"max diff boxes (\S+) px \(relative (\S+)\), scores (\S+), unpaired rows (\d+)", res.stdout)
+    assert line, res.stdout
+    box, rel, score, unpaired = float(line.group(1)), float(line.group(2)), float(line.group(3)), int(line.group(4))
+    assert box < 0.05 and rel < 1e-4 and score < 1e-4 and unpaired == 0
+    assert re.search(r", (\d+) detections", res.stdout).group(1) == "100"
+
+
+def test_deploy_checkpoint_equals_test_symbol_on_the_eval_transform(exported, tmp_path):
+    """The saved deploy graph on prepare_image's raw pixels == the test symbol on the eval
+    transform's normalised, 0-padded input (same weights)."""
+    from core.transforms import build_transform
+    from models.efficientdet.builder import get_test_symbol
+    from models.efficientdet.deploy import prepare_image
+    from models.efficientdet.postprocess import match_detections
+    from utils.config import load_config
+
+    prefix, _ = exported
+    sym, arg, aux = mx.model.load_checkpoint(prefix, 0)
+    assert sym.list_inputs()[0] == "data" and "im_scale" in sym.list_inputs()
+    assert sym.list_outputs() == ["detections_output"]
+    cfg = load_config(CONFIG, SETS, is_train=False)
+    image = np.random.RandomState(2).randint(0, 255, (60, 170, 3)).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "x.png"), image[:, :, ::-1])
+    sample = build_transform(cfg, False)({"image": str(tmp_path / "x.png"), "image_id": 0,
+                                          "boxes": np.zeros((0, 4)), "classes": np.zeros(0)})
+    raw, scale = prepare_image(image, cfg.DatasetParam.image_size, cfg.NormalizeParam.mean)
+    outs = []
+    for s, data in ((sym, raw), (get_test_symbol(cfg), sample["data"])):
+        mod = mx.mod.Module(s, data_names=["data", "im_scale"], label_names=None)
+        mod.bind([("data", (1,) + data.shape), ("im_scale", (1, 1))], for_training=False)
+        mod.set_params(arg, aux)
+        mod.forward(mx.io.DataBatch([mx.nd.array(data[None]), mx.nd.array([[scale]])]), is_train=False)
+        outs.append(mod.get_outputs()[0].asnumpy()[0])
+    assert (outs[1][:, 4] >= 0).sum() == 100
+    assert match_detections(outs[0], outs[1], score_tol=1e-4) < 1e-2
+
+
+def test_forced_opset_is_restored():
+    onnx = pytest.importorskip("onnx")
+    from utils.onnx_export import forced_opset
+    before = onnx.defs.onnx_opset_version()
+    with forced_opset():
+        assert onnx.defs.onnx_opset_version() == 13
+        assert onnx.checker.DEFAULT_CONTEXT.opset_imports == {"": 13}
+    assert onnx.defs.onnx_opset_version() == before
+    assert onnx.checker.DEFAULT_CONTEXT.opset_imports == {"": before}
+
+
+def test_infer_speed_runs_both_backends(exported):
+    prefix, _ = exported
+    for backend in (["--backend", "mxnet"], ["--backend", "onnxruntime", "--onnx", prefix + ".onnx"]):
+        res = run_script(["detection_infer_speed.py", "--config", CONFIG, "--iters", "2", "--warmup", "1"]
+                         + backend + set_args())
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert re.search(r"128x128 %s batch 1: median [\d.]+ ms/img" % backend[1], res.stdout), res.stdout
+    from detection_infer_speed import onnx_runner
+    from utils.errors import UserError
+    with pytest.raises(UserError, match="export it with the same config and --batch"):
+        onnx_runner(prefix + ".onnx", {"data": np.zeros((2, 3, 128, 128), np.float32),
+                                       "im_scale": np.ones((2, 1), np.float32)})
