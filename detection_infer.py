@@ -26,7 +26,8 @@ import numpy as np
 from core.dataset import load_roidb
 from core.evaluate import write_json
 from core.transforms import ImageReadError, read_image
-from detection_test import check_params, contexts
+from core.module import contexts
+from detection_test import check_params
 from models.efficientdet.deploy import get_deploy_symbol, prepare_image
 from utils.checkpoint import atomic_write, load_params
 from utils.config import add_config_args, load_config

@@ -21,9 +21,10 @@ import time
 import mxnet as mx
 from tqdm import tqdm
 
-from core.dataset import load_roidb
+from core.dataset import load_config_roidb
 from core.evaluate import evaluate, format_per_class, to_coco_results, write_json
 from core.loader import DetectionLoader
+from core.module import contexts
 from core.tta import eval_transform, merge_views, tta_views, unflip
 from models.efficientdet.builder import get_test_symbol
 from utils.checkpoint import load_params
@@ -31,10 +32,6 @@ from utils.config import add_config_args, load_config
 from utils.errors import UserError, run_cli
 
 INPUTS = ("data", "im_scale")
-
-
-def contexts(cfg):
-    return [mx.gpu(i) for i in cfg.KvstoreParam.gpus] or [mx.cpu()]
 
 
 def check_params(sym, arg, aux, input_shapes, path):
@@ -98,12 +95,7 @@ def main():
     tag += "-ema" if args.ema else ""
 
     # data
-    if not cfg.DatasetParam.val_roidb:
-        raise UserError("set DatasetParam.val_roidb (a roidb cache from scripts/create_roidb.py)")
-    roidb, categories = load_roidb(cfg.DatasetParam.val_roidb)
-    if len(categories) != cfg.DatasetParam.num_classes:
-        raise UserError("the roidb has %d classes but DatasetParam.num_classes is %d"
-                        % (len(categories), cfg.DatasetParam.num_classes))
+    roidb, categories = load_config_roidb(cfg, "val")
     ctx = contexts(cfg)
     batch_size = cfg.General.batch_image * len(ctx)
     arg, aux = load_params(path, ema=args.ema)

@@ -22,9 +22,9 @@ import mxnet as mx
 import numpy as np
 from tqdm import tqdm
 
-from core.dataset import load_roidb
+from core.dataset import load_config_roidb
 from core.loader import DetectionLoader
-from core.module import TrainStep, build_optimizer, initializer
+from core.module import TrainStep, build_optimizer, contexts, initializer
 from core.targets import make_target_fn
 from core.transforms import build_transform
 from models.efficientdet.builder import get_train_symbol
@@ -38,10 +38,6 @@ from utils.pretrain import fixed_param_names, load_pretrained
 
 logger = logging.getLogger("train")
 dist_kvstore = None   # held by the module, not by main(): see run_worker
-
-
-def contexts(cfg):
-    return [mx.gpu(i) for i in cfg.KvstoreParam.gpus] or [mx.cpu()]
 
 
 def create_kvstore(cfg):
@@ -142,12 +138,7 @@ def main():
     np.random.seed(g.seed)
 
     # data
-    if not cfg.DatasetParam.train_roidb:
-        raise UserError("set DatasetParam.train_roidb (a roidb cache from scripts/create_roidb.py)")
-    roidb, categories = load_roidb(cfg.DatasetParam.train_roidb)
-    if len(categories) != cfg.DatasetParam.num_classes:
-        raise UserError("the roidb has %d classes but DatasetParam.num_classes is %d"
-                        % (len(categories), cfg.DatasetParam.num_classes))
+    roidb, categories = load_config_roidb(cfg, "train")
     manifest = latest_checkpoint(exp_dir) if args.resume else None
     if args.resume and manifest is None:
         logger.info("--resume: no complete checkpoint in %s, starting fresh", exp_dir)

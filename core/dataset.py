@@ -310,3 +310,15 @@ def load_roidb(path):
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise UserError("roidb cache %s is corrupt: %s" % (path, e))
     return roidb, categories
+
+
+def load_config_roidb(cfg, split):
+    """The roidb of DatasetParam.<split>_roidb ("train" or "val"), checked against num_classes."""
+    path = getattr(cfg.DatasetParam, split + "_roidb")
+    if not path:
+        raise UserError("set DatasetParam.%s_roidb (a roidb cache from scripts/create_roidb.py)" % split)
+    roidb, categories = load_roidb(path)
+    if len(categories) != cfg.DatasetParam.num_classes:
+        raise UserError("the roidb has %d classes but DatasetParam.num_classes is %d"
+                        % (len(categories), cfg.DatasetParam.num_classes))
+    return roidb, categories

@@ -25,6 +25,11 @@ class AdamW(mx.optimizer.Adam):
                           clip_gradient=self.clip_gradient if self.clip_gradient else -1.0)
 
 
+def contexts(cfg):
+    """Devices from KvstoreParam.gpus; the CPU when none are listed."""
+    return [mx.gpu(i) for i in cfg.KvstoreParam.gpus] or [mx.cpu()]
+
+
 def initializer():
     """He-normal for convs; the class/box predictors start near zero (N(0, 0.01)) as in RetinaNet, so
     the first focal loss reflects the prior bias instead of random logits."""

@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from utils.checkpoint import atomic_write  # noqa: E402
+from utils.checkpoint import atomic_write, read_params  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 
 # The class and box nets; config/efficientdet_b4_wrs.py repeats these as its pretrain.exclude.
@@ -54,18 +54,6 @@ def group(name):
     """Table row of a parameter: 'cls_conv1', 'bbox_pred', 'fpn_cell0', 'fpn_p6', 'stage3', 'stem'."""
     m = re.match(r"([a-z]+)_([a-z]+\d+|pred)(_|$)", name)
     return m.group(1) + "_" + m.group(2) if m else name.split("_")[0]
-
-
-def load(path):
-    if not os.path.isfile(path):
-        raise UserError("params file not found: %s" % path)
-    try:
-        data = mx.nd.load(path)
-    except mx.base.MXNetError as e:
-        raise UserError("cannot read params file %s: %s" % (path, str(e).splitlines()[0]))
-    if not isinstance(data, dict) or not data:
-        raise UserError("params file %s holds no named parameters" % path)
-    return data
 
 
 def strip(params, patterns):
@@ -134,7 +122,7 @@ def main():
     args = parser.parse_args()
     if os.path.abspath(args.src) == os.path.abspath(args.out):
         raise UserError("--out must differ from --src (the original is kept)")
-    params = load(args.src)
+    params = read_params(args.src)
     if args.num_classes is not None:
         if args.num_classes < 1:
             raise UserError("--num-classes must be at least 1, got %d" % args.num_classes)

@@ -215,6 +215,20 @@ def prune_checkpoints(folder, keep_last):
             os.remove(path)
 
 
+def read_params(path):
+    """The {key: NDArray} dict of a `.params` file as stored; UserError naming the file when it is
+    missing, unreadable, or holds no named arrays."""
+    if not os.path.isfile(path):
+        raise UserError("params file not found: %s" % path)
+    try:
+        data = mx.nd.load(path)
+    except mx.base.MXNetError as e:
+        raise UserError("cannot read params file %s: %s" % (path, str(e).splitlines()[0]))
+    if not isinstance(data, dict) or not data:
+        raise UserError("params file %s holds no named parameters" % path)
+    return data
+
+
 def load_params(path, ema=False):
     """Load a `.params` file; return (arg_params, aux_params).
 
@@ -222,14 +236,7 @@ def load_params(path, ema=False):
     BN statistics (moving_mean/var). With ema=True, the `ema:` weights of a training checkpoint
     are returned instead (UserError if it has none). A missing file is a UserError naming it.
     """
-    if not os.path.isfile(path):
-        raise UserError("params file not found: %s" % path)
-    try:
-        data = mx.nd.load(path)
-    except mx.base.MXNetError as e:
-        raise UserError("cannot read params file %s: %s" % (path, str(e).splitlines()[0]))
-    if isinstance(data, list):
-        raise UserError("params file %s holds an unnamed list, not a name->array dict" % path)
+    data = read_params(path)
     if ema:
         # Only the weights: the EMA's own bookkeeping (num_updates) is not a parameter.
         data = {k[4:]: v for k, v in data.items() if k.startswith(("ema:arg:", "ema:aux:"))}
