@@ -7,10 +7,11 @@ from models.efficientdet.backbone import pyramid_features
 from models.efficientdet.bifpn import bifpn
 from models.efficientdet.head import efficientdet_head
 from models.efficientdet.loss import detection_loss
+from models.efficientdet.nasfpn import nasfpn
 from models.efficientdet.postprocess import flat_predictions, postprocess
 from utils.pretrain import match_any
 
-NECKS = {"bifpn": bifpn}
+NECKS = {"bifpn": bifpn, "nasfpn": nasfpn}
 
 
 def build_network(cfg, data=None):
