@@ -139,7 +139,12 @@ def main():
 
     # data
     roidb, categories = load_config_roidb(cfg, "train")
-    manifest = latest_checkpoint(exp_dir) if args.resume else None
+    manifest = latest_checkpoint(exp_dir)
+    if manifest is not None and not args.resume:
+        # Starting over would mix two runs' checkpoints and metrics in one folder.
+        raise UserError("%s already holds a training run (checkpoint at epoch %d, iteration %d): pass --resume "
+                        "to continue it, or choose another General.name" % (exp_dir, manifest["epoch"],
+                                                                             manifest["iteration"]))
     if args.resume and manifest is None:
         logger.info("--resume: no complete checkpoint in %s, starting fresh", exp_dir)
     begin_epoch = manifest["epoch"] if manifest else o.schedule.begin_epoch

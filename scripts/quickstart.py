@@ -69,7 +69,8 @@ def main():
         for split, roidb in (("train", cfg.DatasetParam.train_roidb), ("val", cfg.DatasetParam.val_roidb)):
             run(["scripts/create_roidb.py", "--format", "coco", "--ann", os.path.join(data_dir, split + ".json"),
                  "--image-dir", os.path.join(data_dir, "images"), "--out", roidb])
-    run(["detection_train.py", "--config", args.config] + sets)
+    # --resume: a rerun continues (or, when finished, skips) the run instead of starting over.
+    run(["detection_train.py", "--config", args.config, "--resume"] + sets)
     epoch = load_config(args.config, args.sets, is_train=True).OptimizeParam.schedule.end_epoch
     run(["detection_test.py", "--config", args.config, "--epoch", str(epoch)] + sets)
 

@@ -188,3 +188,18 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         assert all(np.isfinite(v.asnumpy()).all() for v in arg.values())
     finally:
         subprocess.run(["rm", "-rf", _exp(name)])
+
+
+def test_second_run_without_resume_is_refused(tmp_path):
+    roidb = _dataset(tmp_path, 2)
+    name = "test_rerun_%d" % os.getpid()
+    args = _train_args(tmp_path, roidb, name, ["General.batch_image=2", "OptimizeParam.schedule.end_epoch=1"])
+    try:
+        assert run_script(args, timeout=300).returncode == 0
+        res = run_script(args, timeout=120)
+        assert res.returncode == 2 and "already holds a training run" in res.stderr and "--resume" in res.stderr
+        res = run_script(args + ["--resume"], timeout=120)   # finished: nothing left to do
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert len(open(os.path.join(_exp(name), "metrics.csv")).read().strip().splitlines()) == 2
+    finally:
+        subprocess.run(["rm", "-rf", _exp(name)])
