@@ -78,9 +78,9 @@ def main():
         return 0
     print("%s  input %dx%d  classes %d" % (stats["model"], stats["image_size"][0], stats["image_size"][1],
                                           stats["num_classes"]))
-    print("params      %15s" % format(stats["params"], ","))
-    print("multiply-add%15s  (%.2f B)" % (format(stats["flops"], ","), stats["flops"] / 1e9))
-    print("anchors     %15s" % format(stats["anchors"], ","))
+    print("%-13s %17s" % ("params", format(stats["params"], ",")))
+    print("%-13s %17s  (%.2f B)" % ("multiply-adds", format(stats["flops"], ","), stats["flops"] / 1e9))
+    print("%-13s %17s" % ("anchors", format(stats["anchors"], ",")))
     print("%-10s %s" % ("stage", "output (N, C, H, W)"))
     for row in stats["stages"]:
         print("%-10s %s" % (row["name"], tuple(row["shape"])))
