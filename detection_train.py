@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from core.dataset import load_config_roidb
 from core.loader import DetectionLoader
-from core.module import TrainStep, build_optimizer, contexts, initializer
+from core.module import (TrainStep, build_optimizer, contexts, initializer, optimizer_states,
+                         restore_optimizer_states)
 from core.targets import make_target_fn
 from core.transforms import build_transform
 from models.efficientdet.builder import get_train_symbol
@@ -112,12 +113,8 @@ def initial_params(cfg, sym, input_shapes, manifest):
 
 def save(mod, ema, exp_dir, cfg, epoch, iteration, batch_in_epoch, step, epoch_end):
     arg, aux = mod.get_params()
-    tmp = os.path.join(exp_dir, ".optimizer-states-%d.tmp" % os.getpid())
-    mod.save_optimizer_states(tmp)
-    with open(tmp, "rb") as f:
-        states = f.read()
-    os.remove(tmp)
-    save_checkpoint(exp_dir, epoch, iteration, arg, aux, states, ema.state_dict() if ema else None,
+    save_checkpoint(exp_dir, epoch, iteration, arg, aux, optimizer_states(mod, exp_dir),
+                    ema.state_dict() if ema else None,
                     extra={"batch_in_epoch": batch_in_epoch, "loss_scale": step.loss_scale},
                     epoch_prefix=os.path.join(exp_dir, cfg.General.name) if epoch_end else None,
                     keep_last=cfg.General.keep_last)
@@ -186,11 +183,7 @@ def main():
     opt.rescale_grad = 1.0 / (num_workers * len(ctx))
     mod.init_optimizer(kvstore=kvstore, optimizer=opt)
     if states:
-        tmp = os.path.join(exp_dir, ".optimizer-states-%d.tmp" % os.getpid())   # one per worker
-        with open(tmp, "wb") as f:
-            f.write(states)
-        mod.load_optimizer_states(tmp)
-        os.remove(tmp)
+        restore_optimizer_states(mod, states, exp_dir)
     ema = ExponentialMovingAverage(o.ema_decay) if o.ema_decay > 0 else None
     if ema and ema_state:
         ema.load(ema_state)

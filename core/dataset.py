@@ -21,6 +21,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
+from utils.checkpoint import atomic_write
 from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -282,11 +283,12 @@ def save_roidb(path, roidb, categories, source=""):
                "image_id": r["image_id"], "boxes": r["boxes"].tolist(),
                "classes": r["classes"].tolist()} for r in roidb]
     doc = {"version": CACHE_VERSION, "source": source, "categories": categories, "images": images}
-    tmp = path + ".tmp"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(tmp, "w") as f:
-        json.dump(doc, f, separators=(",", ":"))
-    os.replace(tmp, path)                  # atomic: a crash never leaves half a cache
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(doc, f, separators=(",", ":"))
+    atomic_write(path, write)              # a crash never leaves half a cache
 
 
 def load_roidb(path):

@@ -1,6 +1,7 @@
 """The training step around a bound mx.mod.Module: optimiser set-up, global-norm gradient clipping,
 non-finite detection and (fp16) dynamic loss scaling."""
 import math
+import os
 import warnings
 
 import mxnet as mx
@@ -55,6 +56,32 @@ def build_optimizer(cfg, arg_names, num_images, batch_total, iters_per_epoch, be
     # again over the batch: rescale_grad stays 1 (Module warns about that; it is intended).
     warnings.filterwarnings("ignore", message="Optimizer created manually outside Module")
     return opt
+
+
+def optimizer_states(mod, folder):
+    """The optimiser state of a bound Module as bytes, in MXNet's own format. Module only writes it
+    to a file (through the kvstore when it updates there), so this goes through a per-process
+    temporary in `folder`."""
+    tmp = os.path.join(folder, ".optimizer-states-%d.tmp" % os.getpid())
+    try:
+        mod.save_optimizer_states(tmp)
+        with open(tmp, "rb") as f:
+            return f.read()
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def restore_optimizer_states(mod, states, folder):
+    """Load bytes from optimizer_states() into a Module whose optimiser is initialised."""
+    tmp = os.path.join(folder, ".optimizer-states-%d.tmp" % os.getpid())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(states)
+        mod.load_optimizer_states(tmp)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 class TrainStep:

@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 import albumentations.augmentations.functional as AF
 
+from core.augment import clip_to, filter_boxes
+
 
 class ImageReadError(Exception):
     """An image file is missing, truncated or not an image. The loader counts and skips it."""
@@ -130,13 +132,8 @@ class DetTransform:
         boxes = boxes * s - np.array([ox, oy, ox, oy])
         if not self.train:
             return boxes.astype(np.float32), classes
-        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        clipped = np.stack([np.clip(boxes[:, 0], 0, valid_w), np.clip(boxes[:, 1], 0, valid_h),
-                            np.clip(boxes[:, 2], 0, valid_w), np.clip(boxes[:, 3], 0, valid_h)], 1)
-        bw, bh = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
-        keep = ((bw >= self.min_box_size) & (bh >= self.min_box_size)
-                & (bw * bh >= self.min_visible * np.maximum(area, 1e-6)))
-        return clipped[keep].astype(np.float32), classes[keep]
+        clipped, area = clip_to(boxes, (0, 0, valid_w, valid_h))
+        return filter_boxes(clipped, classes, area, self.min_box_size, self.min_visible)
 
 
 def build_transform(cfg, is_train, roidb=None):

@@ -6,6 +6,7 @@ import os
 import sys
 import time
 
+from utils.checkpoint import atomic_write
 from utils.errors import UserError
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -115,8 +116,5 @@ def plot_loss_curve(csv_path, png_path):
     lines = ax.get_lines() + ax_lr.get_lines()
     ax.legend(lines, [l.get_label() for l in lines], loc="upper right", fontsize="small")
     fig.tight_layout()
-    folder, base = os.path.split(os.path.abspath(png_path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, ".%s.tmp-%d.png" % (base, os.getpid()))
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, png_path)
+    os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
+    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png"))
