@@ -27,13 +27,13 @@ from utils.onnx_export import export_onnx, ort_session
 
 
 def random_model(cfg, shapes):
-    """(deploy symbol, Module bound to `shapes` with Xavier-initialised weights)."""
+    """Module of the deploy graph bound to `shapes` with Xavier-initialised weights."""
     sym = get_deploy_symbol(cfg)
     mod = mx.mod.Module(sym, data_names=list(shapes), label_names=None, context=mx.cpu())
     mod.bind(list(shapes.items()), for_training=False)
     mx.random.seed(0)
     mod.init_params(mx.init.Xavier())
-    return sym, mod
+    return mod
 
 
 def timed(run, iters, warmup):
@@ -82,21 +82,22 @@ def main():
     if args.onnx and not os.path.isfile(args.onnx):
         raise UserError("ONNX file not found: %s" % args.onnx)
     cfg = load_config(args.config, args.sets, is_train=False)
+    cfg.General.batch_image = args.batch      # the MXNet graph is built for its batch size
     H, W = cfg.DatasetParam.image_size
     rng = np.random.RandomState(0)
     inputs = {"data": rng.uniform(0, 255, (args.batch, 3, H, W)).astype(np.float32),
               "im_scale": np.ones((args.batch, 1), np.float32)}
 
     if args.backend == "mxnet":
-        run = mxnet_runner(random_model(cfg, {k: v.shape for k, v in inputs.items()})[1], inputs)
+        run = mxnet_runner(random_model(cfg, {k: v.shape for k, v in inputs.items()}), inputs)
         times = timed(run, args.iters, args.warmup)
     elif args.onnx:
         times = timed(onnx_runner(args.onnx, inputs), args.iters, args.warmup)
     else:
-        sym, mod = random_model(cfg, {k: v.shape for k, v in inputs.items()})
+        mod = random_model(cfg, {k: v.shape for k, v in inputs.items()})
         arg, aux = mod.get_params()
         with tempfile.TemporaryDirectory() as tmp:
-            path = export_onnx(sym, dict(arg, **aux), [v.shape for v in inputs.values()],
+            path = export_onnx(get_deploy_symbol(cfg, portable=True), dict(arg, **aux), [v.shape for v in inputs.values()],
                                os.path.join(tmp, "model.onnx"))
             times = timed(onnx_runner(path, inputs), args.iters, args.warmup)
     per_img = np.array(times) * 1000.0 / args.batch

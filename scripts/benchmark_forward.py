@@ -10,6 +10,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from utils.threads import configure_threads  # noqa: E402
+
+configure_threads()
+
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -18,12 +22,18 @@ from utils.config import add_config_args, load_config  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
 
-def time_forward(sym, data_shape, iters, warmup):
-    """Per-iteration wall times (s) of Module.forward with outputs materialised, after `warmup` runs."""
-    mod = mx.mod.Module(sym, data_names=["data"], label_names=None, context=mx.cpu())
-    mod.bind([("data", data_shape)], for_training=False)
+def bound_forward_module(cfg, batch_size):
+    """(Module bound for inference with random weights, a random DataBatch) for cfg's raw network."""
+    cfg.General.batch_image = batch_size      # the graph is built for its batch size
+    shape = (batch_size, 3) + tuple(cfg.DatasetParam.image_size)
+    mod = mx.mod.Module(get_raw_symbol(cfg), data_names=["data"], label_names=None, context=mx.cpu())
+    mod.bind([("data", shape)], for_training=False)
     mod.init_params(mx.init.Xavier())
-    batch = mx.io.DataBatch([mx.nd.random.uniform(shape=data_shape)])
+    return mod, mx.io.DataBatch([mx.nd.random.uniform(shape=shape)])
+
+
+def time_forward(mod, batch, iters, warmup):
+    """Per-iteration wall times (s) of Module.forward with outputs materialised, after `warmup` runs."""
     times = []
     for i in range(warmup + iters):
         start = time.perf_counter()
@@ -43,7 +53,7 @@ def main():
     args = parser.parse_args()
     cfg = load_config(args.config, args.sets, is_train=False)
     shape = (args.batch, 3) + tuple(cfg.DatasetParam.image_size)
-    times = time_forward(get_raw_symbol(cfg), shape, args.iters, args.warmup)
+    times = time_forward(*bound_forward_module(cfg, args.batch), args.iters, args.warmup)
     per_img = np.array(times) * 1000.0 / args.batch
     print("%s %dx%d batch %d: median %.1f ms/img (min %.1f, max %.1f, %d iters after %d warm-up)"
           % (cfg.General.name, shape[2], shape[3], args.batch, np.median(per_img), per_img.min(),

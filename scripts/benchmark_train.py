@@ -11,6 +11,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from utils.threads import configure_threads  # noqa: E402
+
+configure_threads()
+
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -38,6 +42,23 @@ def random_batch(cfg, batch, rng):
     return mx.io.DataBatch(data, label), names
 
 
+def bound_train_step(cfg, batch_size):
+    """(TrainStep over a Module bound with fresh weights and the configured optimiser, a random
+    DataBatch with real anchor targets)."""
+    cfg.General.batch_image = batch_size      # the graph is built for its batch size
+    batch, names = random_batch(cfg, batch_size, np.random.RandomState(0))
+    sym = get_train_symbol(cfg)
+    data_names = ["data"] + (["loss_scale"] if cfg.General.fp16 else [])
+    mod = mx.mod.Module(sym, data_names=data_names, label_names=names, context=mx.cpu())
+    data_shapes = [("data", batch.data[0].shape)] + ([("loss_scale", (batch_size,))] if cfg.General.fp16 else [])
+    mod.bind(data_shapes, [(n, l.shape) for n, l in zip(names, batch.label)])
+    mod.init_params(initializer())
+    arg_names = [n for n in sym.list_arguments() if n not in data_names + names]
+    mod.init_optimizer(optimizer=build_optimizer(cfg, arg_names, 1000, batch_size, 100, 0))
+    step = TrainStep(mod, cfg.OptimizeParam.clip_gradient, 2.0 ** 16 if cfg.General.fp16 else None)
+    return step, batch
+
+
 def main():
     parser = add_config_args(argparse.ArgumentParser(description=__doc__))
     parser.add_argument("--batch", type=int, default=4)
@@ -45,16 +66,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
     cfg = load_config(args.config, args.sets, is_train=True)
-    batch, names = random_batch(cfg, args.batch, np.random.RandomState(0))
-    sym = get_train_symbol(cfg)
-    data_names = ["data"] + (["loss_scale"] if cfg.General.fp16 else [])
-    mod = mx.mod.Module(sym, data_names=data_names, label_names=names, context=mx.cpu())
-    data_shapes = [("data", batch.data[0].shape)] + ([("loss_scale", (args.batch,))] if cfg.General.fp16 else [])
-    mod.bind(data_shapes, [(n, l.shape) for n, l in zip(names, batch.label)])
-    mod.init_params(initializer())
-    arg_names = [n for n in sym.list_arguments() if n not in data_names + names]
-    mod.init_optimizer(optimizer=build_optimizer(cfg, arg_names, 1000, args.batch, 100, 0))
-    step = TrainStep(mod, cfg.OptimizeParam.clip_gradient, 2.0 ** 16 if cfg.General.fp16 else None)
+    step, batch = bound_train_step(cfg, args.batch)
     times = []
     for i in range(args.warmup + args.iters):
         start = time.perf_counter()
@@ -64,7 +76,7 @@ def main():
             times.append(time.perf_counter() - start)
     t = float(np.median(times))
     h, w = cfg.DatasetParam.image_size
-    print("%s %dx%d batch %d: median %.2f s/step, %.3f img/s (%d iters after %d warm-up)"
+    print("%s %dx%d batch %d: median %.3f s/step, %.3f img/s (%d iters after %d warm-up)"
           % (cfg.General.name, h, w, args.batch, t, args.batch / t, args.iters, args.warmup))
     return 0
 

@@ -5,13 +5,16 @@
       --out deploy/d0 [--onnx] [--batch 1] [--set Class.field=value ...]
 
 Writes PREFIX-symbol.json and PREFIX-0000.params (mx.model.load_checkpoint(PREFIX, 0) reads them)
-and, with --onnx, PREFIX.onnx (opset 13, static batch --batch). The graph contract is in
+and, with --onnx, PREFIX.onnx (opset 13, static batch --batch). The class names the weights record
+go along: `meta:class_names` in the .params (utils/checkpoint.py), metadata "class_names" (a json
+list) in the ONNX file. No output may be one of the input files. The graph contract is in
 models/efficientdet/deploy.py: `data` (N, 3, H, W) float32 RGB 0-255 resized to fit and placed
 top-left, padded with the mean colour (prepare_image), and `im_scale` (N, 1), in; detections
 (N, max_det, 6) in original pixels out. With --onnx the file is run in onnxruntime on a
 synthetic image beside MXNet and the largest differences of the matched detections are printed.
 """
 import argparse
+import json
 import os
 import sys
 
@@ -24,9 +27,9 @@ import numpy as np  # noqa: E402
 from core.synthetic import render_image  # noqa: E402
 from detection_test import check_params  # noqa: E402
 from models.efficientdet.deploy import get_deploy_symbol, prepare_image  # noqa: E402
-from utils.checkpoint import atomic_write, load_params, save_epoch_params  # noqa: E402
+from utils.checkpoint import atomic_write, load_weights, save_epoch_params  # noqa: E402
 from utils.config import add_config_args, load_config  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.errors import UserError, refuse_overwrite, run_cli  # noqa: E402
 from utils.onnx_export import export_onnx, ort_session  # noqa: E402
 
 
@@ -96,12 +99,15 @@ def main():
     args = parser.parse_args()
     if args.batch < 1:
         raise UserError("--batch must be at least 1, got %d" % args.batch)
+    outputs = [("--out", args.out + suffix) for suffix in ("-symbol.json", "-0000.params", ".onnx")]
+    refuse_overwrite(outputs[:2 + args.onnx], [("--params", args.params), ("--config", args.config)])
     cfg = load_config(args.config, args.sets, is_train=False)
+    cfg.General.batch_image = args.batch      # the MXNet graph is built for its batch size
     H, W = cfg.DatasetParam.image_size
     shapes = {"data": (args.batch, 3, H, W), "im_scale": (args.batch, 1)}
 
     sym = get_deploy_symbol(cfg)
-    arg, aux = load_params(args.params)
+    arg, aux, class_names = load_weights(args.params)
     check_params(sym, arg, aux, shapes, args.params)
     # Only what the graph uses: a training checkpoint may carry more.
     arg = {k: arg[k] for k in sym.list_arguments() if k not in shapes}
@@ -109,11 +115,12 @@ def main():
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     atomic_write(args.out + "-symbol.json", sym.save)
-    save_epoch_params(args.out + "-0000.params", arg, aux)
+    save_epoch_params(args.out + "-0000.params", arg, aux, class_names)
     print("wrote %s-symbol.json and %s-0000.params (inputs data (N, 3, %d, %d) RGB 0-255 padded with "
           "the mean colour, im_scale (N, 1))" % (args.out, args.out, H, W))
     if args.onnx:
-        path = export_onnx(sym, dict(arg, **aux), [shapes["data"], shapes["im_scale"]], args.out + ".onnx")
+        path = export_onnx(sym, dict(arg, **aux), [shapes["data"], shapes["im_scale"]], args.out + ".onnx",
+                           {"class_names": json.dumps(class_names)} if class_names else None)
         print("wrote %s (opset 13, batch %d)" % (path, args.batch))
         check_onnx(sym, arg, aux, cfg, path, args.batch)
     return 0

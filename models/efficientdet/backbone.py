@@ -11,7 +11,7 @@ Stages and units count from 1, so "freeze stages 1..k" is the pattern `^stage[1-
 """
 import mxnet as mx
 
-from models.efficientdet.layers import conv, conv_bn, swish
+from models.efficientdet.layers import channel_scale, conv, conv_bn, sigmoid, spatial_mean, swish
 from models.efficientdet.scaling import (EFFICIENTNET_PARAMS, HEAD_CHANNELS, SE_RATIO,
                                          STEM_CHANNELS, round_filters, scaled_stages)
 
@@ -19,8 +19,8 @@ from models.efficientdet.scaling import (EFFICIENTNET_PARAMS, HEAD_CHANNELS, SE_
 STRIDE_STAGES = {2: 1, 4: 2, 8: 3, 16: 5, 32: 7}
 
 
-def mbconv(data, name, hw, in_ch, out_ch, kernel, stride, expand, drop_rate, bn):
-    """One MBConv block: (N, in_ch, H, W) -> (N, out_ch, ceil(H/stride), ceil(W/stride)).
+def mbconv(data, name, hw, in_ch, out_ch, kernel, stride, expand, drop_rate, bn, batch):
+    """One MBConv block: (N, in_ch, H, W) -> (N, out_ch, ceil(H/stride), ceil(W/stride)), N = batch.
 
     expand 1x1 + BN + swish (if expand > 1), depthwise + BN + swish, SE (reduced to
     in_ch * 0.25: the block *input* width), project 1x1 + BN, then drop-connect and the residual
@@ -31,11 +31,10 @@ def mbconv(data, name, hw, in_ch, out_ch, kernel, stride, expand, drop_rate, bn)
     if expand != 1:
         x, out_hw = conv_bn(x, name + "_expand", out_hw, mid, 1, **bn)
     x, out_hw = conv_bn(x, name + "_dw", out_hw, mid, kernel, stride, groups=mid, **bn)
-    squeezed = mx.sym.Pooling(x, global_pool=True, pool_type="avg", kernel=(1, 1))
     reduced = max(1, int(in_ch * SE_RATIO))
-    s, _ = conv(squeezed, name + "_se_reduce", (1, 1), reduced, bias=True)
+    s, _ = conv(spatial_mean(x, mid, out_hw), name + "_se_reduce", (1, 1), reduced, bias=True)
     s, _ = conv(swish(s), name + "_se_expand", (1, 1), mid, bias=True)
-    x = mx.sym.broadcast_mul(x, mx.sym.sigmoid(s))
+    x = channel_scale(x, sigmoid(s), mid, out_hw, batch)
     x, out_hw = conv_bn(x, name + "_project", out_hw, out_ch, 1, act=False, **bn)
     if stride == 1 and in_ch == out_ch:
         if drop_rate > 0:
@@ -45,19 +44,20 @@ def mbconv(data, name, hw, in_ch, out_ch, kernel, stride, expand, drop_rate, bn)
     return x, out_hw
 
 
-def efficientnet_features(data, hw, variant, drop_connect=0.0, bn_momentum=0.99, bn_eps=1e-3):
-    """EfficientNet trunk. Returns {"stage1".."stage7": (symbol, channels, hw)}, the stage outputs."""
+def efficientnet_features(data, hw, variant, drop_connect=0.0, bn_momentum=0.99, bn_eps=1e-3, batch=1):
+    """EfficientNet trunk on `data` (batch, 3, H, W); the graph is built for that batch (the SE
+    gates fold it into channels). Returns {"stage1".."stage7": (symbol, channels, hw)}."""
     bn = {"bn": {"momentum": bn_momentum, "eps": bn_eps}}
     width = EFFICIENTNET_PARAMS[variant][0]
     stem = round_filters(STEM_CHANNELS, width)
-    x, hw = conv_bn(data, "stem", hw, stem, 3, 2, **bn)
+    x, hw = conv_bn(data, "stem", hw, stem, 3, 2, in_channels=3, **bn)
     stages = scaled_stages(variant)
     total = sum(s[0] for s in stages)
     feats, in_ch, idx = {}, stem, 0
     for s, (repeats, kernel, stride, expand, out_ch) in enumerate(stages, 1):
         for u in range(1, repeats + 1):
             x, hw = mbconv(x, "stage%d_unit%d" % (s, u), hw, in_ch, out_ch, kernel,
-                           stride if u == 1 else 1, expand, drop_connect * idx / total, bn)
+                           stride if u == 1 else 1, expand, drop_connect * idx / total, bn, batch)
             in_ch, idx = out_ch, idx + 1
         feats["stage%d" % s] = (x, in_ch, hw)
     return feats
@@ -66,20 +66,21 @@ def efficientnet_features(data, hw, variant, drop_connect=0.0, bn_momentum=0.99,
 def pyramid_features(data, hw, cfg):
     """Backbone P3..P5 for a detection config: {level: (symbol, channels, hw)}."""
     p = cfg.BackboneParam
-    feats = efficientnet_features(data, hw, p.name, p.drop_connect, p.bn_momentum, p.bn_eps)
+    feats = efficientnet_features(data, hw, p.name, p.drop_connect, p.bn_momentum, p.bn_eps,
+                                  cfg.General.batch_image)
     return {level: feats["stage%d" % STRIDE_STAGES[2 ** level]] for level in (3, 4, 5)}
 
 
-def efficientnet_classifier(variant, image_size=None, num_classes=1000, drop_connect=0.2):
+def efficientnet_classifier(variant, image_size=None, num_classes=1000, drop_connect=0.2, batch=1):
     """ImageNet classifier `efficientnet_bN`: trunk, 1x1 conv to 1280*w, BN, swish, mean-pool,
     dropout, FC. Input (N, 3, H, W) normalised RGB with (H, W) = image_size (an int means square;
-    default: the variant's resolution); output (N, num_classes) logits named `fc_output`.
+    default: the variant's resolution) and N = batch; output (N, num_classes) logits named `fc_output`.
     """
     width, _, resolution, dropout = EFFICIENTNET_PARAMS[variant]
     size = image_size or resolution
     hw = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
     data = mx.sym.Variable("data")
-    feats = efficientnet_features(data, hw, variant, drop_connect)
+    feats = efficientnet_features(data, hw, variant, drop_connect, batch=batch)
     x, _, hw = feats["stage7"]
     x, _ = conv_bn(x, "head", hw, round_filters(HEAD_CHANNELS, width), 1)
     x = mx.sym.Pooling(x, global_pool=True, pool_type="avg", kernel=(1, 1))

@@ -8,8 +8,8 @@ Parameter names:
 """
 import mxnet as mx
 
-from models.efficientdet.layers import (batchnorm, bn_args, conv_bn, max_pool, separable_conv, swish,
-                                       upsample_to)
+from models.efficientdet.layers import (batchnorm, bn_args, conv_bn, max_pool, onednn_forms, separable_conv,
+                                       swish, upsample_to)
 
 
 def bifpn_nodes(min_level, max_level):
@@ -32,8 +32,9 @@ def bifpn_nodes(min_level, max_level):
     return nodes
 
 
-def _fuse(name, inputs, fusion):
-    """Weighted sum of same-shape inputs: fast = relu(w)/(sum relu(w) + 1e-4), softmax, or plain sum."""
+def _fuse(name, inputs, fusion, width):
+    """Weighted sum of same-shape inputs (N, width, H, W): fast = relu(w)/(sum relu(w) + 1e-4),
+    softmax, or plain sum."""
     if fusion == "sum":
         return mx.sym.add_n(*inputs)
     w = mx.sym.Variable(name + "_edge_weight", shape=(len(inputs),), init=mx.init.One())
@@ -46,10 +47,15 @@ def _fuse(name, inputs, fusion):
         w = mx.sym.broadcast_div(w, mx.sym.sum(w))
     else:
         raise ValueError("unknown BiFPN fusion '%s' (fast | softmax | sum)" % fusion)
-    parts = [mx.sym.broadcast_mul(x, mx.sym.reshape(mx.sym.slice_axis(w, axis=0, begin=i, end=i + 1),
-                                                    shape=(1, 1, 1, 1)))
-             for i, x in enumerate(inputs)]
-    return mx.sym.add_n(*parts)
+    weights = [mx.sym.reshape(mx.sym.slice_axis(w, axis=0, begin=i, end=i + 1), shape=(1, 1, 1, 1))
+               for i in range(len(inputs))]
+    if not onednn_forms():
+        return mx.sym.add_n(*[mx.sym.broadcast_mul(x, wi) for x, wi in zip(inputs, weights)])
+    # Each input times its weight as a depthwise 1x1 conv with that weight in every channel:
+    # oneDNN keeps it in blocked layout, where broadcast_mul would convert to plain and back.
+    return mx.sym.add_n(*[mx.sym.Convolution(x, weight=mx.sym.broadcast_to(wi, shape=(width, 1, 1, 1)),
+                                             num_filter=width, num_group=width, kernel=(1, 1), no_bias=True)
+                          for x, wi in zip(inputs, weights)])
 
 
 def _resample(x, ch, hw, level, target_level, target_hw, width, name, bn):
@@ -97,7 +103,7 @@ def bifpn(feats, cfg):
             target_hw = feats[level][2]
             xs = [_resample(graph[i][1], graph[i][2], graph[i][3], graph[i][0], level, target_hw,
                             p.width, "%s_in%d" % (name, i), bn) for i in inputs]
-            x = swish(_fuse(name, xs, p.fusion))
+            x = swish(_fuse(name, xs, p.fusion, p.width))
             x, _ = separable_conv(x, name + "_conv", target_hw, p.width, p.width)
             x = batchnorm(x, name + "_bn", **bn)
             graph.append((level, x, p.width, target_hw))

@@ -4,7 +4,27 @@ Every builder takes and returns the static spatial size `hw = (H, W)` beside the
 padding is asymmetric for stride 2 on even inputs (k3 pads (0, 1)), and the published weights
 depend on it, so padding is decided at graph-build time from the true feature sizes.
 """
+import contextlib
+
 import mxnet as mx
+
+# Graph forms chosen for oneDNN (see conv, swish, channel_scale, spatial_mean); False gives the
+# plain forms instead, which MXNet's ONNX exporter can translate (onnxruntime fuses by itself).
+_ONEDNN_FORMS = [True]
+
+
+@contextlib.contextmanager
+def portable_graph():
+    """Build symbols inside this block with plain ops only (for ONNX export); same outputs."""
+    _ONEDNN_FORMS.append(False)
+    try:
+        yield
+    finally:
+        _ONEDNN_FORMS.pop()
+
+
+def onednn_forms():
+    return _ONEDNN_FORMS[-1]
 
 
 def same_pad(size, kernel, stride):
@@ -24,19 +44,38 @@ def _padded(data, hw, kernel, stride, pad_value):
     return data, (0, 0), (oh, ow)
 
 
+def _one_more_after(hw, kernel, stride, window):
+    """True when SAME pads exactly one row and one column more after than before (stride 2 on even
+    sizes), the case that a symmetric-pad op can reproduce without a padded copy of the input, and
+    a `window`-sized kernel with the smaller (pool) or larger (conv) pad on both sides fits."""
+    (t, b, _), (l, r, _) = same_pad(hw[0], kernel, stride), same_pad(hw[1], kernel, stride)
+    pad = (t, l) if window == kernel else (b, r)
+    return (stride > 1 and b == t + 1 and r == l + 1
+            and all(window <= size + 2 * p for size, p in zip(hw, pad)))
+
+
 def conv(data, name, hw, num_filter, kernel=1, stride=1, groups=1, bias=False,
-         weight=None, bias_var=None):
+         weight=None, bias_var=None, in_channels=None):
     """SAME convolution (N, C, H, W) -> (N, num_filter, ceil(H/s), ceil(W/s)).
 
     Params: `{name}_weight` (O, I/groups, k, k) and, with bias, `{name}_bias`. Pass `weight` /
-    `bias_var` to share variables (the heads share convs across levels).
+    `bias_var` to share variables (the heads share convs across levels). `in_channels` (C) lets a
+    stride-2 conv on even sizes avoid an explicit Pad (depthwise convs know it already).
     """
-    data, pad, out_hw = _padded(data, hw, kernel, stride, 0.0)
-    kwargs = {}
+    per_group = 1 if groups == num_filter else (in_channels // groups if in_channels else None)
+    kwargs = {"bias": bias_var} if bias and bias_var is not None else {}
+    if onednn_forms() and weight is None and per_group and _one_more_after(hw, kernel, stride, kernel + 1):
+        # A (k+1) x (k+1) kernel whose first row and column are zero, padded symmetrically by the
+        # larger SAME pad, reads exactly the pixels of the k x k SAME conv. The zero row is added
+        # in the graph, so `{name}_weight` keeps its (O, I/g, k, k) shape in checkpoints.
+        (_, b, oh), (_, r, ow) = same_pad(hw[0], kernel, stride), same_pad(hw[1], kernel, stride)
+        weight = mx.sym.Variable(name + "_weight", shape=(num_filter, per_group, kernel, kernel))
+        weight = mx.sym.pad(weight, mode="constant", constant_value=0, pad_width=(0, 0, 0, 0, 1, 0, 1, 0))
+        kernel, pad, out_hw = kernel + 1, (b, r), (oh, ow)
+    else:
+        data, pad, out_hw = _padded(data, hw, kernel, stride, 0.0)
     if weight is not None:
         kwargs["weight"] = weight
-    if bias and bias_var is not None:
-        kwargs["bias"] = bias_var
     out = mx.sym.Convolution(data, name=name, num_filter=num_filter, kernel=(kernel, kernel),
                              stride=(stride, stride), pad=pad, num_group=groups,
                              no_bias=not bias, **kwargs)
@@ -51,12 +90,68 @@ def batchnorm(data, name, momentum=0.99, eps=1e-3):
     return mx.sym.BatchNorm(data, name=name, fix_gamma=False, momentum=momentum, eps=eps)
 
 
+def sigmoid(data):
+    """Logistic sigmoid through Activation, which oneDNN runs in any layout; the generic `sigmoid`
+    op is an unvectorised kernel that first needs a plain-layout copy."""
+    return mx.sym.Activation(data, act_type="sigmoid")
+
+
 def swish(data):
-    return data * mx.sym.sigmoid(data)
+    """x * sigmoid(x), same shape as `data`.
+
+    The product is not a oneDNN op, so it needs plain layout. Converting x once (the reshape)
+    lets sigmoid and the product run on plain data, instead of the product's fallback converting
+    both x and sigmoid(x) from the convolution's blocked layout.
+    """
+    if onednn_forms():
+        data = mx.sym.reshape(data, shape=(0, 0, 0, 0))
+    return data * sigmoid(data)
+
+
+def channel_scale(data, scale, channels, hw, batch):
+    """data (N, C, H, W) times scale (N, C, 1, 1) (the SE gate), as a depthwise 1x1 convolution
+    whose weights are the scales, with the N images folded into one image of N*C channels.
+
+    oneDNN runs it in blocked layout and its backward is a convolution's; broadcast_mul needs
+    plain layout and its backward is a slow generic reduction. `batch` (N) must be the bound batch.
+    """
+    if not onednn_forms():
+        return mx.sym.broadcast_mul(data, scale)
+    h, w = hw
+    # -1 rather than batch * channels: a graph bound at another batch then fails shape inference
+    # in the convolution, where a fixed target shape would not be checked by reshape.
+    weight = mx.sym.reshape(scale, shape=(-1, 1, 1, 1))
+    if batch == 1:  # no reshape: it would break oneDNN's in-place reuse of the buffers around it
+        return mx.sym.Convolution(data, weight=weight, num_filter=channels, num_group=channels,
+                                  kernel=(1, 1), no_bias=True)
+    out = mx.sym.Convolution(mx.sym.reshape(data, shape=(1, -1, h, w)), weight=weight, kernel=(1, 1),
+                             num_filter=batch * channels, num_group=batch * channels, no_bias=True)
+    return mx.sym.reshape(out, shape=(-1, channels, h, w))
+
+
+def spatial_mean(data, channels, hw):
+    """Mean over H and W: (N, C, H, W) -> (N, C, 1, 1), as a matrix product with a constant 1/(H*W)
+    column. Global average Pooling gives the same value, but its backward takes ~25x longer."""
+    if not onednn_forms():
+        return mx.sym.Pooling(data, global_pool=True, pool_type="avg", kernel=(1, 1))
+    h, w = hw
+    column = mx.sym.ones(shape=(1, h * w)) / float(h * w)
+    out = mx.sym.FullyConnected(mx.sym.reshape(data, shape=(-1, h * w)), weight=column, num_hidden=1,
+                                no_bias=True)
+    return mx.sym.reshape(out, shape=(-1, channels, 1, 1))
 
 
 def max_pool(data, hw, kernel=3, stride=2):
-    """SAME max-pool; asymmetric padding uses -inf so padded cells never win."""
+    """SAME max-pool; padded cells never win (-inf).
+
+    When SAME pads one more row and column after than before, the "full" convention (windows
+    clipped at the far edge) gives the same windows without a padded copy of the input.
+    """
+    if onednn_forms() and _one_more_after(hw, kernel, stride, kernel):
+        (t, _, oh), (l, _, ow) = same_pad(hw[0], kernel, stride), same_pad(hw[1], kernel, stride)
+        out = mx.sym.Pooling(data, kernel=(kernel, kernel), stride=(stride, stride), pad=(t, l),
+                             pool_type="max", pooling_convention="full")
+        return out, (oh, ow)
     data, pad, out_hw = _padded(data, hw, kernel, stride, float("-inf"))
     out = mx.sym.Pooling(data, kernel=(kernel, kernel), stride=(stride, stride), pad=pad,
                          pool_type="max", pooling_convention="valid")
@@ -83,9 +178,11 @@ def separable_conv(data, name, hw, channels, num_filter, kernel=3, weights=None)
     return out, hw
 
 
-def conv_bn(data, name, hw, num_filter, kernel=1, stride=1, groups=1, bias=False, act=True, bn=None):
+def conv_bn(data, name, hw, num_filter, kernel=1, stride=1, groups=1, bias=False, act=True, bn=None,
+            in_channels=None):
     """conv (`{name}_conv_weight` [`_bias`]) -> BN (`{name}_bn_*`, `bn` = {momentum, eps}) [-> swish]."""
-    out, hw = conv(data, name + "_conv", hw, num_filter, kernel, stride, groups, bias)
+    out, hw = conv(data, name + "_conv", hw, num_filter, kernel, stride, groups, bias,
+                   in_channels=in_channels)
     out = batchnorm(out, name + "_bn", **(bn or {}))
     return (swish(out) if act else out), hw
 

@@ -22,7 +22,9 @@ def count_macs(sym, data_shape):
     """Multiply-adds of every Convolution and FullyConnected (what the papers call FLOPs).
 
     Each output element of a conv with weight (O, I/g, kh, kw) costs I/g*kh*kw; of an FC with
-    weight (O, I) costs I.
+    weight (O, I) costs I. A weight padded in the graph (layers.conv's stride-2 form) counts at its
+    parameter's size; convs and FCs whose weight is computed (SE gate, fusion weights, spatial
+    mean) are elementwise products or means, not learned filters, and are not counted.
     """
     arg_shapes, _ = param_shapes(sym, data_shape)
     internals = sym.get_internals()
@@ -31,7 +33,11 @@ def count_macs(sym, data_shape):
     nodes = json.loads(sym.tojson())["nodes"]
     total = 0
     for node in nodes:
-        if node["op"] in ("Convolution", "FullyConnected"):
-            weight = arg_shapes[nodes[node["inputs"][1][0]]["name"]]
-            total += int(np.prod(out_shapes[node["name"] + "_output"])) * int(np.prod(weight[1:]))
+        if node["op"] not in ("Convolution", "FullyConnected"):
+            continue
+        weight = nodes[node["inputs"][1][0]]
+        if weight["op"] == "Pad":
+            weight = nodes[weight["inputs"][0][0]]
+        if weight["name"] in arg_shapes:
+            total += int(np.prod(out_shapes[node["name"] + "_output"])) * int(np.prod(arg_shapes[weight["name"]][1:]))
     return total
