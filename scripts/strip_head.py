@@ -20,7 +20,8 @@ N(0, 0.01) and `cls_pred_bias` (K*N,) = -log((1 - 0.01) / 0.01) (HeadParam.prior
 with K anchors per position read off the box predictor (K = its channels / 4). The depthwise part
 `cls_pred_dw_weight` does not depend on the classes and is kept.
 
-The output keeps the input's key style (`arg:`/`aux:` prefixed or plain), is written atomically,
+The output keeps the input's key style (`arg:`/`aux:` prefixed or plain) but not the class names a
+checkpoint records (the head is for new classes), is never the input file, is written atomically,
 and loads as ModelParam.pretrain (missing head parameters are then initialised fresh). Prints a
 table of removed and kept parameters grouped by prefix; nothing matched is an error (exit 2).
 """
@@ -35,8 +36,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from utils.checkpoint import atomic_write, read_params  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.checkpoint import CLASS_NAMES_KEY, atomic_write, read_params, save_nd  # noqa: E402
+from utils.errors import UserError, refuse_overwrite, run_cli  # noqa: E402
 
 # The class and box nets; config/efficientdet_b4_wrs.py repeats these as its pretrain.exclude.
 HEAD_PATTERNS = [r"^cls_(conv\d+|pred)_", r"^bbox_(conv\d+|pred)_"]
@@ -120,9 +121,9 @@ def main():
                       help="keep the head; re-initialise the class predictor for N classes")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --num-classes initialisation")
     args = parser.parse_args()
-    if os.path.abspath(args.src) == os.path.abspath(args.out):
-        raise UserError("--out must differ from --src (the original is kept)")
+    refuse_overwrite([("--out", args.out)], [("--src", args.src)])
     params = read_params(args.src)
+    params.pop(CLASS_NAMES_KEY, None)      # the new head is for other classes
     if args.num_classes is not None:
         if args.num_classes < 1:
             raise UserError("--num-classes must be at least 1, got %d" % args.num_classes)
@@ -136,7 +137,7 @@ def main():
             raise UserError("no parameter of %s matches %s; nothing written" % (args.src, " ".join(patterns)))
         print(format_table(sorted(out), removed))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    atomic_write(args.out, lambda tmp: mx.nd.save(tmp, out))
+    atomic_write(args.out, lambda tmp: save_nd(tmp, out))
     print("wrote %s (%d parameters)" % (args.out, len(out)))
     return 0
 

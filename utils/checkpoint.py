@@ -2,14 +2,18 @@
 
 A checkpoint of (epoch, iteration) in an experiment directory is a group of files:
   ckpt-EEEE-IIIIIII.params  mx.nd.save dict: `arg:`/`aux:` weights, plus `ema:<key>` for the EMA
-                            state when there is one (`mx.model.load_checkpoint` ignores `ema:`)
+                            state when there is one and `meta:class_names` (the class names, json
+                            as uint8; `mx.model.load_checkpoint` ignores both prefixes)
   ckpt-EEEE-IIIIIII.states  optimizer state bytes (MXNet's own Updater format), if any
   ckpt-EEEE-IIIIIII.json    manifest: epoch, iteration, extra, and name/size/sha256 of each file
 Every file goes to a hidden temp file in the same directory, is fsync'd, then os.replace'd into
 place, and the manifest is written last: a checkpoint is complete iff its manifest parses and every
 listed file has the recorded size (sha256 checked on request). Temp files (`.*.tmp-*`) and
 incomplete groups are never returned. One writer per directory is assumed (rank 0).
+mx.nd.save ignores write errors (a full disk or a file-size limit leaves a short file without a
+word), so every .params file is read back before it is renamed into place (save_nd).
 """
+import errno
 import hashlib
 import json
 import logging
@@ -24,6 +28,7 @@ from utils.errors import UserError
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^ckpt-(\d{4,})-(\d{7,})\.(params|states|json)$")
 _AUX_HINTS = ("moving_mean", "moving_var", "running_mean", "running_var")
+CLASS_NAMES_KEY = "meta:class_names"
 
 
 def _fsync_dir(path):
@@ -65,19 +70,45 @@ def _sha256(path):
     return h.hexdigest()
 
 
-def _module_dict(arg_params, aux_params):
+def save_nd(path, data):
+    """mx.nd.save(path, data), then read it back: OSError(ENOSPC) if the file came out short."""
+    mx.nd.save(path, data)
+    try:
+        complete = sorted(mx.nd.load(path)) == sorted(data)
+    except mx.base.MXNetError:
+        complete = False
+    if not complete:
+        raise OSError(errno.ENOSPC, "%s came out incomplete (%d bytes): disk full or a file-size limit?"
+                      % (path, os.path.getsize(path)))
+
+
+def class_names_array(names):
+    """The `meta:class_names` value: the names as json, utf-8 bytes in a uint8 NDArray."""
+    return mx.nd.array(list(json.dumps([str(n) for n in names]).encode()), dtype="uint8")
+
+
+def class_names_of(data):
+    """The class names stored in a `.params` dict (class_names_array), or None."""
+    value = data.get(CLASS_NAMES_KEY)
+    return None if value is None else json.loads(bytes(value.asnumpy().tolist()).decode())
+
+
+def _module_dict(arg_params, aux_params, class_names=None):
     out = {"arg:" + k: v for k, v in arg_params.items()}
     out.update({"aux:" + k: v for k, v in (aux_params or {}).items()})
+    if class_names:
+        out[CLASS_NAMES_KEY] = class_names_array(class_names)
     return out
 
 
-def save_epoch_params(path, arg_params, aux_params):
-    """Atomically write a Module-compatible `.params` file (`arg:`/`aux:` keys)."""
-    atomic_write(path, lambda tmp: mx.nd.save(tmp, _module_dict(arg_params, aux_params)))
+def save_epoch_params(path, arg_params, aux_params, class_names=None):
+    """Atomically write a Module-compatible `.params` file (`arg:`/`aux:` keys, and the class names
+    under `meta:class_names` when given)."""
+    atomic_write(path, lambda tmp: save_nd(tmp, _module_dict(arg_params, aux_params, class_names)))
 
 
 def save_checkpoint(prefix_dir, epoch, iteration, arg_params, aux_params, optimizer_states=None,
-                    ema_params=None, extra=None, epoch_prefix=None, keep_last=None):
+                    ema_params=None, extra=None, epoch_prefix=None, keep_last=None, class_names=None):
     """Write checkpoint (epoch, iteration) into `prefix_dir`; return its manifest dict.
 
     `optimizer_states`: bytes from `Updater.get_states()` or None. `ema_params`: flat dict of
@@ -85,14 +116,15 @@ def save_checkpoint(prefix_dir, epoch, iteration, arg_params, aux_params, optimi
     json-serialisable dict, returned as manifest["extra"]. If `epoch_prefix` is given (an epoch
     boundary), also write `<epoch_prefix>-%04d.params` % epoch like `mx.model.save_checkpoint`,
     holding the weights used for evaluation: the EMA ones when `ema_params` is given, else the raw
-    ones. If `keep_last` is given, older checkpoints are pruned afterwards.
+    ones. If `keep_last` is given, older checkpoints are pruned afterwards. `class_names` go into
+    both .params files and the manifest.
     """
     os.makedirs(prefix_dir, exist_ok=True)
     stem = "ckpt-%04d-%07d" % (epoch, iteration)
     files = {}
-    params = _module_dict(arg_params, aux_params)
+    params = _module_dict(arg_params, aux_params, class_names)
     params.update({"ema:" + k: v for k, v in (ema_params or {}).items()})
-    parts = [("params", stem + ".params", lambda tmp: mx.nd.save(tmp, params))]
+    parts = [("params", stem + ".params", lambda tmp: save_nd(tmp, params))]
     if optimizer_states is not None:
         parts.append(("states", stem + ".states", _write_bytes(optimizer_states)))
     for role, name, write in parts:
@@ -100,13 +132,14 @@ def save_checkpoint(prefix_dir, epoch, iteration, arg_params, aux_params, optimi
         atomic_write(path, write)
         files[role] = {"name": name, "size": os.path.getsize(path), "sha256": _sha256(path)}
     manifest = {"format": 1, "epoch": int(epoch), "iteration": int(iteration), "time": time.time(),
-                "files": files, "has_ema": bool(ema_params), "extra": extra or {}}
+                "files": files, "has_ema": bool(ema_params), "extra": extra or {},
+                "class_names": list(class_names or [])}
     if epoch_prefix is not None:
         if ema_params:
             arg_params = {k[4:]: v for k, v in ema_params.items() if k.startswith("arg:")}
             aux_params = {k[4:]: v for k, v in ema_params.items() if k.startswith("aux:")}
         epoch_path = "%s-%04d.params" % (epoch_prefix, epoch)
-        save_epoch_params(epoch_path, arg_params, aux_params)
+        save_epoch_params(epoch_path, arg_params, aux_params, class_names)
         manifest["epoch_file"] = os.path.abspath(epoch_path)   # informational; never pruned
     text = json.dumps(manifest, indent=1, sort_keys=True).encode()
     atomic_write(os.path.join(prefix_dir, stem + ".json"), _write_bytes(text))
@@ -179,7 +212,7 @@ def load_checkpoint(manifest, verify_hash=True):
         manifest = _check(folder, json_name, verify_hash)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError("checkpoint %s is corrupt: %s" % (os.path.join(folder, json_name), e))
-    data = mx.nd.load(os.path.join(folder, manifest["files"]["params"]["name"]))
+    data = read_params(os.path.join(folder, manifest["files"]["params"]["name"]))
     arg = {k[4:]: v for k, v in data.items() if k.startswith("arg:")}
     aux = {k[4:]: v for k, v in data.items() if k.startswith("aux:")}
     ema = {k[4:]: v for k, v in data.items() if k.startswith("ema:")} or None
@@ -217,26 +250,30 @@ def prune_checkpoints(folder, keep_last):
 
 def read_params(path):
     """The {key: NDArray} dict of a `.params` file as stored; UserError naming the file when it is
-    missing, unreadable, or holds no named arrays."""
+    missing, not an MXNet .params file, or holds no named arrays."""
     if not os.path.isfile(path):
         raise UserError("params file not found: %s" % path)
     try:
         data = mx.nd.load(path)
     except mx.base.MXNetError as e:
-        raise UserError("cannot read params file %s: %s" % (path, str(e).splitlines()[0]))
+        # MXNet's message starts with a C++ "Traceback" header; the end of its last line says why.
+        lines = str(e).strip().splitlines() or ["unreadable"]
+        raise UserError("%s is not an MXNet .params file (mx.nd.load: %s)" % (path, lines[-1].rsplit(": ", 1)[-1]))
     if not isinstance(data, dict) or not data:
         raise UserError("params file %s holds no named parameters" % path)
     return data
 
 
-def load_params(path, ema=False):
-    """Load a `.params` file; return (arg_params, aux_params).
+def load_weights(path, ema=False):
+    """Load a `.params` file; return (arg_params, aux_params, class names or None).
 
     Keys `arg:x`/`aux:x` are split by prefix; unprefixed keys count as arg unless they look like
-    BN statistics (moving_mean/var). With ema=True, the `ema:` weights of a training checkpoint
-    are returned instead (UserError if it has none). A missing file is a UserError naming it.
+    BN statistics (moving_mean/var); `meta:` keys are not parameters. With ema=True, the `ema:`
+    weights of a training checkpoint are returned instead (UserError if it has none). A missing
+    or unreadable file is a UserError naming it.
     """
     data = read_params(path)
+    names = class_names_of(data)
     if ema:
         # Only the weights: the EMA's own bookkeeping (num_updates) is not a parameter.
         data = {k[4:]: v for k, v in data.items() if k.startswith(("ema:arg:", "ema:aux:"))}
@@ -251,4 +288,9 @@ def load_params(path, ema=False):
             arg[name] = value
         elif kind == "aux":
             aux[name] = value
-    return arg, aux
+    return arg, aux, names
+
+
+def load_params(path, ema=False):
+    """(arg_params, aux_params) of load_weights."""
+    return load_weights(path, ema)[:2]

@@ -109,6 +109,66 @@ def apply_overrides(classes, overrides):
     return cfg
 
 
+def _int_at_least(lo):
+    return lambda v: type(v) is int and v >= lo, "an integer >= %d" % lo
+
+
+def number_range(lo, hi=None, open_hi=False):
+    """(test, words) for a real number in [lo, hi] ([lo, hi) if open_hi; no upper bound if hi is None)."""
+    def test(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= lo:   # `not >=`: NaN fails
+            return False
+        return hi is None or (v < hi if open_hi else v <= hi)
+    if hi is None:
+        return test, "a number >= %g" % lo
+    return test, "a number in [%g, %g%s" % (lo, hi, ")" if open_hi else "]")
+
+
+def _size(v):
+    return isinstance(v, (tuple, list)) and len(v) == 2 and all(type(x) is int and x >= 1 for x in v)
+
+
+# Values that cannot work, checked at load so they fail as one line naming the field, not as a
+# traceback deep in MXNet: (field, (test, allowed range in words)).
+LIMITS = [
+    ("General.batch_image", _int_at_least(1)),
+    ("General.log_frequency", _int_at_least(1)),
+    ("General.checkpoint_iters", _int_at_least(0)),
+    ("General.keep_last", _int_at_least(1)),
+    ("DatasetParam.num_classes", _int_at_least(1)),
+    ("DatasetParam.image_size", (_size, "two integers >= 1, (H, W)")),
+    ("DatasetParam.num_workers", _int_at_least(0)),
+    ("DatasetParam.prefetch", _int_at_least(0)),
+    ("DatasetParam.hflip_prob", number_range(0, 1)),
+    ("OptimizeParam.lr_per_64", number_range(0)),
+    ("OptimizeParam.wd", number_range(0)),
+    ("OptimizeParam.ema_decay", number_range(0, 1, open_hi=True)),
+    ("OptimizeParam.clip_gradient", number_range(0)),
+    ("TestParam.score_thresh", number_range(0, 1)),
+    ("TestParam.nms_thresh", number_range(0, 1)),
+    ("TestParam.max_det", _int_at_least(1)),
+]
+
+
+def check_value(name, value, test, allowed):
+    """UserError "NAME=VALUE is out of range: must be ALLOWED" unless test(value)."""
+    try:
+        ok = test(value)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise UserError("%s=%r is out of range: must be %s" % (name, value, allowed))
+
+
+def validate(cfg):
+    """Check every LIMITS field the config has (a custom config may lack some)."""
+    fields = dict(cfg.fields())
+    for name, (test, allowed) in LIMITS:
+        if name in fields:
+            check_value(name, fields[name], test, allowed)
+    return cfg
+
+
 def parse_sets(items):
     """["A.b=1", ...] -> {"A.b": "1"}."""
     out = {}
@@ -121,7 +181,8 @@ def parse_sets(items):
 
 
 def load_config(path, sets=(), is_train=True):
-    """Import the config file at `path`, call its get_config(is_train), apply `--set` items."""
+    """Import the config file at `path`, call its get_config(is_train), apply `--set` items, then
+    check the values against LIMITS."""
     if not os.path.isfile(path):
         raise UserError("config file not found: %s" % path)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -140,7 +201,7 @@ def load_config(path, sets=(), is_train=True):
         raise UserError("config %s defines no get_config(is_train)" % path)
     cfg = module.get_config(is_train)
     classes = [getattr(cfg, n) for n in vars(cfg)]
-    return apply_overrides(classes, parse_sets(sets))
+    return validate(apply_overrides(classes, parse_sets(sets)))
 
 
 def add_config_args(parser):

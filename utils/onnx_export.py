@@ -37,9 +37,10 @@ def forced_opset(version=OPSET):
         onnx.checker.DEFAULT_CONTEXT.opset_imports = saved_imports
 
 
-def export_onnx(sym, params, input_shapes, path):
+def export_onnx(sym, params, input_shapes, path, metadata=None):
     """Write `sym` with `params` ({name: NDArray}) to `path` atomically; float32 inputs of
-    `input_shapes` (one static shape per input, in sym.list_inputs() order). Returns `path`.
+    `input_shapes` (one static shape per input, in sym.list_inputs() order); `metadata` {key: str}
+    goes into the model's metadata_props. Returns `path`.
 
     The exporter lists every weight as a graph input too, which makes onnxruntime treat them as
     overridable (no constant folding, one warning per weight); they are removed from the inputs.
@@ -57,6 +58,9 @@ def export_onnx(sym, params, input_shapes, path):
         inputs = [i for i in model.graph.input if i.name not in weights]
         del model.graph.input[:]
         model.graph.input.extend(inputs)
+        for key, value in (metadata or {}).items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
         onnx.save(model, tmp)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write(path, write)
