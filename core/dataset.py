@@ -10,10 +10,15 @@ written back as a COCO results json; VOC and CSV get ids 1..C and images 1..N.
 
 Every reader returns (roidb, categories, stats). Boxes are clipped to the image; boxes that are
 degenerate afterwards (x2 <= x1, y2 <= y1, NaN) are dropped and counted in `stats`.
+
+Image sizes are those the image decodes to with its EXIF orientation applied (as cv2, browsers and
+most labelling tools show it), and boxes are taken in that frame. When the annotation states a
+size (COCO, VOC, wheat CSV) that differs from it, the image is skipped, counted and named (its
+boxes were drawn on other pixels: rotated, or resized after labelling); images whose EXIF
+orientation is not 1 are named in a warning. A reader that finds no images is a UserError.
+The json cache and the statistics live in core/roidb.py (imported here too).
 """
-import contextlib
 import csv
-import io
 import json
 import logging
 import os
@@ -21,13 +26,12 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
-from utils.checkpoint import atomic_write
+from core.roidb import format_stats, load_config_roidb, load_roidb, roidb_stats, save_roidb  # noqa: F401
 from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-CACHE_VERSION = 1
 
 
 class _Builder:
@@ -36,13 +40,14 @@ class _Builder:
     def __init__(self, categories):
         self.categories = categories
         self.roidb = []
+        self.stated = []                   # per record: its size came from the annotation
         self.dropped = {"degenerate": 0}
         self.clipped = 0
 
     def drop(self, reason, n=1):
         self.dropped[reason] = self.dropped.get(reason, 0) + n
 
-    def add(self, path, width, height, image_id, boxes, classes):
+    def add(self, path, width, height, image_id, boxes, classes, stated=True):
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         classes = np.asarray(classes, np.int64).reshape(-1)
         finite = np.isfinite(boxes).all(1)
@@ -55,45 +60,68 @@ class _Builder:
         self.roidb.append({"image": os.path.abspath(path), "width": int(width), "height": int(height),
                            "image_id": int(image_id), "boxes": clipped[keep].astype(np.float32),
                            "classes": classes[keep].astype(np.int32)})
+        self.stated.append(stated)
 
-    def finish(self, source):
+    def _check_sizes(self):
+        """Skip (count, name) images whose stated size is not the decoded one; name EXIF-oriented ones."""
+        kept, wrong, oriented = [], [], []
+        for r, stated in zip(self.roidb, self.stated):
+            try:
+                w, h, orientation = image_info(r["image"])
+            except OSError:
+                kept.append(r)             # unreadable: the loader counts and skips it
+                continue
+            note = " (EXIF orientation %s)" % orientation if orientation != 1 else ""
+            if stated and (w, h) != (r["width"], r["height"]):
+                wrong.append("%s is %dx%d in the annotation but decodes as %dx%d%s"
+                             % (r["image"], r["width"], r["height"], w, h, note))
+                continue
+            if note:
+                oriented.append(os.path.basename(r["image"]) + note)
+            kept.append(r)
+        if wrong:
+            logger.warning("skipped %d image(s) whose annotated size is not the decoded size (their boxes "
+                           "would be wrong): %s", len(wrong), "; ".join(wrong[:5]))
+        if oriented:
+            logger.warning("%d image(s) carry an EXIF orientation, e.g. %s: their boxes are taken in the "
+                           "rotated frame they display in", len(oriented), ", ".join(oriented[:5]))
+        self.roidb = kept
+        return len(wrong)
+
+    def finish(self, source, what):
+        """(roidb, categories, stats); `what` names the annotations in the error for no images."""
+        if not self.roidb:
+            raise UserError("%s has 0 images" % what)
         missing = [r["image"] for r in self.roidb if not os.path.isfile(r["image"])]
         if missing:
             raise UserError("%d of %d images are missing, e.g. %s" % (
                 len(missing), len(self.roidb), ", ".join(missing[:5])))
+        total, wrong = len(self.roidb), self._check_sizes()
+        if not self.roidb:
+            raise UserError("all %d images of %s were skipped: none decodes to its annotated size" % (total, what))
         stats = roidb_stats(self.roidb, self.categories)
-        stats.update(source=source, clipped=self.clipped, dropped=dict(self.dropped))
+        stats.update(source=source, clipped=self.clipped, dropped=dict(self.dropped),
+                     skipped_images={"size_mismatch": wrong})
         logger.info("%s", format_stats(stats))
         return self.roidb, self.categories, stats
 
 
-def roidb_stats(roidb, categories):
-    """{"images", "boxes", "empty_images", "per_class": {name: count}} of a roidb."""
-    counts = np.zeros(len(categories), np.int64)
-    for r in roidb:
-        counts += np.bincount(r["classes"], minlength=len(categories))[:len(categories)]
-    return {"images": len(roidb), "boxes": int(counts.sum()),
-            "empty_images": sum(1 for r in roidb if len(r["classes"]) == 0),
-            "per_class": {c["name"]: int(n) for c, n in zip(categories, counts)}}
-
-
-def format_stats(stats):
-    """One summary line: images, boxes, per-class counts and what was clipped or dropped."""
-    line = "%s: %d images (%d empty), %d boxes" % (
-        stats.get("source", "roidb"), stats["images"], stats["empty_images"], stats["boxes"])
-    line += "; per class: " + ", ".join("%s=%d" % kv for kv in stats["per_class"].items())
-    if "dropped" in stats:
-        line += "; clipped %d; dropped: %s" % (stats["clipped"], ", ".join(
-            "%s=%d" % kv for kv in sorted(stats["dropped"].items())))
-    return line
-
-
-def _image_size(path):
-    """(width, height) from the file header; images missing here are reported later, together."""
+def image_info(path):
+    """(width, height, EXIF orientation) of an image as it decodes, i.e. with the orientation
+    applied (5-8 swap the sides), from its header; OSError if it cannot be read."""
     from PIL import Image
     try:
         with Image.open(path) as im:
-            return im.size
+            (w, h), orientation = im.size, im.getexif().get(0x0112, 1)
+    except (ValueError, SyntaxError) as e:            # what PIL raises for some broken headers
+        raise OSError(str(e))
+    return (h, w, orientation) if orientation in (5, 6, 7, 8) else (w, h, orientation)
+
+
+def _image_size(path):
+    """(width, height) as decoded; images missing here are reported later, together."""
+    try:
+        return image_info(path)[:2]
     except FileNotFoundError:
         return 0, 0
     except OSError as e:
@@ -105,31 +133,62 @@ def _fixed_categories(classes):
 
 
 # ------------------------------------------------------------------------------------------ COCO
-def load_coco(ann_path, image_dir):
-    """COCO instances json -> roidb. Crowd boxes are not trained on (dropped as "crowd")."""
-    from pycocotools.coco import COCO
+def _coco_doc(ann_path):
+    """The instances json, checked so that reading it cannot fail later on a missing key or id."""
     if not os.path.isfile(ann_path):
         raise UserError("COCO annotation file not found: %s" % ann_path)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):   # pycocotools prints progress lines
-            coco = COCO(ann_path)
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError("%s is not a COCO instances json: %s" % (ann_path, e))
-    cat_ids = sorted(coco.getCatIds())
-    contiguous = {cid: i for i, cid in enumerate(cat_ids)}
-    b = _Builder([{"id": int(c), "name": coco.cats[c]["name"]} for c in cat_ids])
+        with open(ann_path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except ValueError as e:                # json.JSONDecodeError and UnicodeDecodeError
+        raise UserError("%s is not valid json: %s" % (ann_path, e))
+    got = "keys %s" % ", ".join(sorted(doc)[:8]) if isinstance(doc, dict) else "a json %s" % type(doc).__name__
+    if not (isinstance(doc, dict) and isinstance(doc.get("images"), list)
+            and isinstance(doc.get("categories"), list) and isinstance(doc.get("annotations", []), list)):
+        raise UserError("%s is not a COCO instances json: expected an object with the lists images, "
+                        "annotations and categories, got %s" % (ann_path, got))
+    doc.setdefault("annotations", [])
+    checks = [("images", lambda i: "id" in i and isinstance(i.get("file_name"), str) and i["file_name"],
+               'an "id" and a "file_name"'),
+              ("categories", lambda c: "id" in c and "name" in c, 'an "id" and a "name"'),
+              ("annotations", lambda a: {"image_id", "category_id", "bbox"} <= set(a) and isinstance(
+                  a["bbox"], list) and len(a["bbox"]) == 4, '"image_id", "category_id" and a 4-number "bbox"')]
+    for key, test, need in checks:
+        bad = [i for i, x in enumerate(doc[key]) if not (isinstance(x, dict) and test(x))]
+        if bad:
+            raise UserError("%s: %d of %d %s lack %s, e.g. %s[%d] = %s" % (
+                ann_path, len(bad), len(doc[key]), key, need, key, bad[0], json.dumps(doc[key][bad[0]])[:120]))
+    for field, key in (("image_id", "images"), ("category_id", "categories")):
+        ids = {x["id"] for x in doc[key]}
+        bad = [a for a in doc["annotations"] if a[field] not in ids]
+        if bad:
+            raise UserError("%s: %d annotations have a %s that is not in %s, e.g. annotation %s with %s %r "
+                            "(%s ids: %s)" % (ann_path, len(bad), field, key, bad[0].get("id"), field,
+                                              bad[0][field], key, ", ".join(map(str, sorted(ids)[:10]))))
+    return doc
+
+
+def load_coco(ann_path, image_dir):
+    """COCO instances json -> roidb. Crowd boxes are not trained on (dropped as "crowd")."""
+    doc = _coco_doc(ann_path)
+    cats = sorted(doc["categories"], key=lambda c: c["id"])
+    contiguous = {c["id"]: i for i, c in enumerate(cats)}
+    per_image = {}
+    for a in doc["annotations"]:
+        per_image.setdefault(a["image_id"], []).append(a)
+    b = _Builder([{"id": int(c["id"]), "name": str(c["name"])} for c in cats])
     b.dropped["crowd"] = 0
-    for image_id in sorted(coco.getImgIds()):
-        info = coco.imgs[image_id]
-        anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
+    for info in sorted(doc["images"], key=lambda i: i["id"]):
+        anns = per_image.get(info["id"], [])
         b.drop("crowd", sum(1 for a in anns if a.get("iscrowd", 0)))
         anns = [a for a in anns if not a.get("iscrowd", 0)]
         boxes = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
                  for a in anns]
         path = os.path.join(image_dir, info["file_name"])
-        width, height = (info["width"], info["height"]) if info.get("width") else _image_size(path)
-        b.add(path, width, height, image_id, boxes, [contiguous[a["category_id"]] for a in anns])
-    return b.finish("coco")
+        stated = bool(info.get("width") and info.get("height"))
+        width, height = (info["width"], info["height"]) if stated else _image_size(path)
+        b.add(path, width, height, info["id"], boxes, [contiguous[a["category_id"]] for a in anns], stated)
+    return b.finish("coco", ann_path)
 
 
 # ------------------------------------------------------------------------------------------- VOC
@@ -169,16 +228,19 @@ def load_voc(voc_root, split="trainval", list_file=None, image_dir=None, classes
             objs.append((obj.findtext("name", "").strip(), [box[0] - 1, box[1] - 1, box[2], box[3]],
                          difficult))
         path = os.path.join(image_dir, root.findtext("filename") or image_name + ".jpg")
-        width, height = int(root.findtext("size/width") or 0), int(root.findtext("size/height") or 0)
-        if width <= 0 or height <= 0:      # some converters leave <size> empty
-            width, height = _image_size(path)
-        parsed.append((path, width, height, n, objs))
+        try:
+            width, height = (int(float(root.findtext("size/" + k) or 0)) for k in ("width", "height"))
+        except ValueError:
+            raise UserError("%s: <size> must hold numbers" % xml_path)
+        stated = width > 0 and height > 0  # some converters leave <size> empty
+        width, height = (width, height) if stated else _image_size(path)
+        parsed.append((path, width, height, n, objs, stated))
     names = list(classes) if classes else sorted({o[0] for p in parsed for o in p[4]})
     index = {c: i for i, c in enumerate(names)}
     b = _Builder(_fixed_categories(names))
     b.dropped.update(difficult=0, unknown_class=0)
     unknown = set()
-    for path, width, height, image_id, objs in parsed:
+    for path, width, height, image_id, objs, stated in parsed:
         kept = []
         for name, box, difficult in objs:
             if name not in index:
@@ -188,37 +250,50 @@ def load_voc(voc_root, split="trainval", list_file=None, image_dir=None, classes
                 b.drop("difficult")
             else:
                 kept.append((box, index[name]))
-        b.add(path, width, height, image_id, [k[0] for k in kept], [k[1] for k in kept])
+        b.add(path, width, height, image_id, [k[0] for k in kept], [k[1] for k in kept], stated)
     if unknown:
         logger.warning("classes not in --classes were dropped: %s", ", ".join(sorted(unknown)[:10]))
-    return b.finish("voc")
+    return b.finish("voc", list_file)
 
 
 # ------------------------------------------------------------------------------------------- CSV
+# Header cells of the one-row-per-box layout. A first row is a header when its box fields are such
+# names: a data row whose coordinate does not parse must be an error, not a lost row.
+_BOX_HEADERS = {"x1", "y1", "x2", "y2", "xmin", "ymin", "xmax", "ymax", "x_min", "y_min", "x_max", "y_max",
+                "left", "top", "right", "bottom"}
+
+
 def _read_rows(csv_path):
+    """[(line number in the file, fields)] of the non-blank rows."""
     if not os.path.isfile(csv_path):
         raise UserError("CSV file not found: %s" % csv_path)
     with open(csv_path, newline="") as f:
-        return [r for r in csv.reader(f) if any(c.strip() for c in r)]
+        reader = csv.reader(f)
+        return [(reader.line_num, r) for r in reader if any(c.strip() for c in r)]
 
 
 def load_csv(csv_path, image_dir, classes=None):
     """CSV -> roidb. Two layouts, told apart by the header:
 
-    - one row per box: `image,x1,y1,x2,y2,label` (header optional); a row whose box fields are
-      empty lists an image without boxes. Image paths are relative to `image_dir`.
+    - one row per box: `image,x1,y1,x2,y2,label` (header optional, recognised by its box column
+      names: x1.., xmin.., x_min.. or left,top,right,bottom); a row whose box fields are empty lists
+      an image without boxes. Image paths are relative to `image_dir`.
     - Kaggle wheat: `image_id,width,height,bbox,source` with bbox "[x, y, w, h]"; one class
       ("wheat"), and every image in `image_dir` without rows is an empty image.
+    Errors name the line of the file (1 = the first line).
     """
     rows = _read_rows(csv_path)
-    if rows and [c.strip().lower() for c in rows[0][:4]] == ["image_id", "width", "height", "bbox"]:
+    if not rows:
+        raise UserError("%s has 0 images: the file is empty" % csv_path)
+    first = [c.strip().lower() for c in rows[0][1][:5]]
+    if first[:4] == ["image_id", "width", "height", "bbox"]:
         return _load_wheat(csv_path, rows[1:], image_dir)
-    if rows and len(rows[0]) > 1 and rows[0][1].strip() and not _is_number(rows[0][1]):
-        rows = rows[1:]                    # a header row: its x1 field is text
+    if len(first) == 5 and set(first[1:]) <= _BOX_HEADERS:
+        rows = rows[1:]
     per_image, labels = {}, []
-    for line, r in enumerate(rows, 1):
+    for line, r in rows:
         if len(r) != 6:
-            raise UserError("%s row %d: expected image,x1,y1,x2,y2,label, got %d fields"
+            raise UserError("%s line %d: expected image,x1,y1,x2,y2,label, got %d fields"
                             % (csv_path, line, len(r)))
         entry = per_image.setdefault(r[0].strip(), [])
         if all(not c.strip() for c in r[1:]):
@@ -226,7 +301,9 @@ def load_csv(csv_path, image_dir, classes=None):
         try:
             box = [float(c) for c in r[1:5]]
         except ValueError:
-            raise UserError("%s row %d: box fields must be numbers: %s" % (csv_path, line, r[1:5]))
+            raise UserError("%s line %d: box fields must be numbers, got %s%s" % (
+                csv_path, line, r[1:5], "; a header must name them, e.g. image,x1,y1,x2,y2,label"
+                if line == rows[0][0] else ""))
         entry.append((box, r[5].strip()))
         labels.append(r[5].strip())
     names = list(classes) if classes else sorted(set(labels))
@@ -238,30 +315,22 @@ def load_csv(csv_path, image_dir, classes=None):
         width, height = _image_size(path)
         known = [(box, index[label]) for box, label in entries if label in index]
         b.drop("unknown_class", len(entries) - len(known))
-        b.add(path, width, height, image_id, [k[0] for k in known], [k[1] for k in known])
+        b.add(path, width, height, image_id, [k[0] for k in known], [k[1] for k in known], stated=False)
     if b.dropped["unknown_class"]:
         logger.warning("labels not in --classes were dropped: %s",
                        ", ".join(sorted(set(labels) - set(index))[:10]))
-    return b.finish("csv")
-
-
-def _is_number(text):
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
+    return b.finish("csv", csv_path)
 
 
 def _load_wheat(csv_path, rows, image_dir):
     per_image = {}
-    for line, r in enumerate(rows, 2):
+    for line, r in rows:
         try:
             x, y, w, h = json.loads(r[3])
             per_image.setdefault(r[0].strip(), (int(r[1]), int(r[2]), []))[2].append(
                 [x, y, x + w, y + h])
         except (ValueError, TypeError, IndexError):
-            raise UserError("%s row %d: expected image_id,width,height,\"[x, y, w, h]\",source"
+            raise UserError("%s line %d: expected image_id,width,height,\"[x, y, w, h]\",source"
                             % (csv_path, line))
     files = {}
     if os.path.isdir(image_dir):
@@ -272,55 +341,5 @@ def _load_wheat(csv_path, rows, image_dir):
     for image_id, name in enumerate(names, 1):
         path = os.path.join(image_dir, files.get(name, name + ".jpg"))
         width, height, boxes = per_image.get(name) or (*_image_size(path), [])
-        b.add(path, width, height, image_id, boxes, [0] * len(boxes))
-    return b.finish("csv")
-
-
-# ----------------------------------------------------------------------------------------- cache
-def save_roidb(path, roidb, categories, source=""):
-    """Write the roidb as json (never pickle), with the category mapping and the source format."""
-    images = [{"image": r["image"], "width": r["width"], "height": r["height"],
-               "image_id": r["image_id"], "boxes": r["boxes"].tolist(),
-               "classes": r["classes"].tolist()} for r in roidb]
-    doc = {"version": CACHE_VERSION, "source": source, "categories": categories, "images": images}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(doc, f, separators=(",", ":"))
-    atomic_write(path, write)              # a crash never leaves half a cache
-
-
-def load_roidb(path):
-    """Read a cache written by save_roidb -> (roidb, categories); a bad cache is a UserError."""
-    try:
-        with open(path) as f:
-            doc = json.load(f)
-        if doc.get("version") != CACHE_VERSION:
-            raise ValueError("unknown cache version %r" % doc.get("version"))
-        categories = [{"id": int(c["id"]), "name": str(c["name"])} for c in doc["categories"]]
-        roidb = []
-        for r in doc["images"]:
-            boxes = np.asarray(r["boxes"], np.float32).reshape(-1, 4)
-            classes = np.asarray(r["classes"], np.int32).reshape(-1)
-            if len(boxes) != len(classes) or ((classes < 0) | (classes >= len(categories))).any():
-                raise ValueError("image %s has inconsistent boxes/classes" % r["image"])
-            roidb.append({"image": r["image"], "width": int(r["width"]), "height": int(r["height"]),
-                          "image_id": int(r["image_id"]), "boxes": boxes, "classes": classes})
-    except FileNotFoundError:
-        raise UserError("roidb cache not found: %s (make it with scripts/create_roidb.py)" % path)
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise UserError("roidb cache %s is corrupt: %s" % (path, e))
-    return roidb, categories
-
-
-def load_config_roidb(cfg, split):
-    """The roidb of DatasetParam.<split>_roidb ("train" or "val"), checked against num_classes."""
-    path = getattr(cfg.DatasetParam, split + "_roidb")
-    if not path:
-        raise UserError("set DatasetParam.%s_roidb (a roidb cache from scripts/create_roidb.py)" % split)
-    roidb, categories = load_roidb(path)
-    if len(categories) != cfg.DatasetParam.num_classes:
-        raise UserError("the roidb has %d classes but DatasetParam.num_classes is %d"
-                        % (len(categories), cfg.DatasetParam.num_classes))
-    return roidb, categories
+        b.add(path, width, height, image_id, boxes, [0] * len(boxes), stated=name in per_image)
+    return b.finish("csv", csv_path)

@@ -11,12 +11,15 @@ Epoch plan (identical on every rank, so ranks agree without talking):
 Determinism: sample j of the plan is augmented with RandomState([seed, epoch, j, attempt]), so the
 batches do not depend on the number of workers or on which worker runs a sample.
 
-Unreadable images (core.transforms.ImageReadError) are replaced by the next readable record of the
-roidb, counted in `skipped` and warned about once each; batch size never changes.
+Unreadable images (core.transforms.ImageReadError: missing, corrupt, truncated, or not the size
+the roidb says) are replaced by the next readable record of the roidb. Each is warned about once,
+by name and with its substitute, and counted once in `skipped` (files, not occurrences); batch
+size never changes.
 """
 import itertools
 import logging
 import math
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -31,32 +34,36 @@ logger = logging.getLogger(__name__)
 # loader id -> (roidb, transform, target_fn, set of unreadable indices).
 _STATE = {}
 _NEXT_ID = itertools.count()
+_BAD_LOCK = threading.Lock()   # two workers may fail on the same image at once: report it once
 MAX_SUBSTITUTES = 64       # consecutive unreadable images before the loader gives up
 
 
 def _load_sample(loader_id, seed, epoch, slot, index):
     """Transform (and target) roidb[index]; substitutes later records for unreadable ones.
 
-    Returns (sample dict with an added "targets" dict or None, [messages of skipped images]).
+    Returns (sample dict with an added "targets" dict or None, [messages of newly found unreadable
+    images, each naming its substitute]).
     """
     roidb, transform, target_fn, bad = _STATE[loader_id]
-    skipped = []
+    found = []
     for attempt in range(min(len(roidb), MAX_SUBSTITUTES)):
         i = (index + attempt) % len(roidb)
         if i in bad:
-            skipped.append(None)           # already warned about
-            continue
+            continue                       # already reported
         rng = np.random.RandomState([seed, epoch, slot, attempt])
         try:
             sample = transform(roidb[i], rng)
         except ImageReadError as e:
-            bad.add(i)
-            skipped.append(str(e))
+            with _BAD_LOCK:
+                if i not in bad:
+                    bad.add(i)
+                    found.append(str(e))
             continue
         sample["targets"] = target_fn(sample["boxes"], sample["classes"]) if target_fn else None
-        return sample, skipped
+        return sample, ["%s; its batch slot takes the next readable image, %s, instead" % (m, roidb[i]["image"])
+                        for m in found]
     raise UserError("%d consecutive images from %s could not be read; is the image folder right?"
-                    % (len(skipped), roidb[index]["image"]))
+                    % (min(len(roidb), MAX_SUBSTITUTES), roidb[index]["image"]))
 
 
 class DetectionLoader(mx.io.DataIter):
@@ -81,18 +88,21 @@ class DetectionLoader(mx.io.DataIter):
     def __init__(self, roidb, transform, target_fn=None, batch_size=1, shuffle=False, seed=0,
                  num_workers=0, prefetch=2, rank=0, num_ranks=1, begin_epoch=0):
         super().__init__(batch_size)
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise UserError("the batch size must be an integer >= 1, got %r" % (batch_size,))
         if not roidb:
             raise UserError("the roidb is empty: no images to load")
         if not 0 <= rank < num_ranks:
             raise UserError("rank %d is outside 0..%d" % (rank, num_ranks - 1))
         self.roidb, self.seed, self.shuffle = roidb, int(seed), shuffle
         self.rank, self.num_ranks, self.prefetch = rank, num_ranks, max(0, prefetch)
-        self.skipped = 0
-        self._warned = set()
+        self._pool = None
+        self._bad = set()                  # roidb indices of unreadable images, shared with the workers
         self._id = next(_NEXT_ID)
-        _STATE[self._id] = (roidb, transform, target_fn, set())
+        _STATE[self._id] = (roidb, transform, target_fn, self._bad)
         self._labeled = target_fn is not None
-        probe, _ = _load_sample(self._id, self.seed, 0, 0, 0)   # shapes; fails early on bugs
+        probe, found = _load_sample(self._id, self.seed, 0, 0, 0)   # shapes; fails early on bugs
+        self._report(found)
         B = batch_size
         self._provide_data = [mx.io.DataDesc("data", (B,) + probe["data"].shape, np.float32)]
         targets = probe["targets"] or {}
@@ -110,6 +120,11 @@ class DetectionLoader(mx.io.DataIter):
     @property
     def provide_label(self):
         return self._provide_label
+
+    @property
+    def skipped(self):
+        """Unreadable image files found so far (each counted once, however often it comes up)."""
+        return len(self._bad)
 
     @property
     def epoch(self):
@@ -162,6 +177,10 @@ class DetectionLoader(mx.io.DataIter):
             return [_load_sample(*a) for a in args]
         return [self._pool.submit(_load_sample, *a) for a in args]
 
+    def _report(self, found):
+        for msg in found:
+            logger.warning("unreadable image skipped (%d so far): %s", self.skipped, msg)
+
     @staticmethod
     def _result(job):
         return job if isinstance(job, tuple) else job.result()
@@ -175,13 +194,8 @@ class DetectionLoader(mx.io.DataIter):
         results = [self._result(j) for j in self._pending.popleft()]
         pad = self._plan[self._cursor][2]
         self._cursor += 1
-        for _, skipped in results:
-            self.skipped += len(skipped)
-            for msg in skipped:
-                if msg and msg not in self._warned:
-                    self._warned.add(msg)
-                    logger.warning("skipped an unreadable image (%d skipped so far): %s",
-                                   self.skipped, msg)
+        for _, found in results:
+            self._report(found)
         samples = [r[0] for r in results]
         data = [mx.nd.array(np.stack([s["data"] for s in samples]), dtype=np.float32)]
         label = None
@@ -202,5 +216,7 @@ class DetectionLoader(mx.io.DataIter):
         _STATE.pop(self._id, None)
 
     def __del__(self):
+        # Also runs when __init__ failed part-way (a UserError from the probe): close() must then
+        # not raise a second, "ignored" traceback after the one-line error.
         if getattr(self, "_id", None) in _STATE:
             self.close()

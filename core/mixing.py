@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from core.augment import cutmix, mixup, mosaic, paste
-from core.transforms import ImageReadError, read_image
+from core.transforms import ImageReadError, read_record_image
 from utils.errors import UserError
 
 MAX_OVERLAP = 0.2         # a paste may cover at most this fraction of a box (and vice versa)
@@ -88,7 +88,7 @@ class MixTransform:
         self.min_size, self.min_visible = transform.min_box_size, transform.min_visible
 
     def _read(self, record):
-        return read_image(record["image"]), record["boxes"], record["classes"]
+        return read_record_image(record), record["boxes"], record["classes"]
 
     def _other(self, rng):
         try:
@@ -106,7 +106,7 @@ class MixTransform:
             return None
         k = rng.randint(len(record["boxes"]))
         try:
-            img = read_image(record["image"])
+            img = read_record_image(record)
         except ImageReadError:
             return None
         x1, y1 = np.floor(record["boxes"][k][:2]).astype(int)

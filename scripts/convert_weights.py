@@ -7,7 +7,7 @@ the outputs against a reference fixture.
       --classifier efficientnet_b0 --verify ../shared/reference/tf_efficientnet_b0_224.npz
 
 Writes PREFIX-0000.params (arg:/aux: names, loadable by Module) and PREFIX-symbol.json, and only
-after every source tensor has found its parameter.
+after every source tensor has found its parameter; neither may be one of the input files.
 """
 import argparse
 import ast
@@ -29,7 +29,7 @@ from models.efficientdet.scaling import EFFICIENTNET_PARAMS  # noqa: E402
 from models.efficientdet.stats import param_shapes  # noqa: E402
 from utils.checkpoint import atomic_write, save_epoch_params  # noqa: E402
 from utils.config import load_config  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.errors import UserError, refuse_overwrite, run_cli  # noqa: E402
 
 TOLERANCE = 1e-3
 # Fixture meta keys that must agree with the config, and where the config keeps them.
@@ -126,6 +126,8 @@ def main():
     parser.add_argument("--num-classes", type=int)
     parser.add_argument("--verify", metavar="FIXTURE.npz", help="compare outputs with a reference fixture")
     args = parser.parse_args()
+    refuse_overwrite([("--out", args.out + "-0000.params"), ("--out", args.out + "-symbol.json")],
+                     [("--src", args.src), ("--verify", args.verify), ("--config", args.config)])
 
     fixture, meta = read_fixture(args.verify) if args.verify else (None, {})
     if args.classifier:

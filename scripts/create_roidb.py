@@ -10,7 +10,8 @@
 CSV is either one row per box (image,x1,y1,x2,y2,label) or Kaggle wheat
 (image_id,width,height,bbox,source). For VOC, --ann may name an ImageSets list instead of --split,
 and --image-dir overrides VOC_ROOT/JPEGImages. --classes fixes the class order (csv/voc); labels
-outside it are dropped and counted. Prints images, boxes, per-class counts and what was dropped.
+outside it are dropped and counted. Prints images, boxes, per-class counts and what was dropped
+or skipped. --out must not be one of the input files.
 """
 import argparse
 import os
@@ -20,7 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from core.dataset import format_stats, load_coco, load_csv, load_voc, save_roidb  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.errors import UserError, refuse_overwrite, run_cli  # noqa: E402
 
 
 def main():
@@ -37,6 +38,8 @@ def main():
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     if not args.out.endswith(".json"):
         raise UserError("--out must be a .json file, got %s" % args.out)
+    voc_list = args.voc_root and os.path.join(args.voc_root, "ImageSets", "Main", args.split + ".txt")
+    refuse_overwrite([("--out", args.out)], [("--ann", args.ann), ("the VOC image set list", voc_list)])
     if args.format == "voc":
         if not args.voc_root:
             raise UserError("--format voc needs --voc-root")

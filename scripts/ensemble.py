@@ -9,7 +9,8 @@ bbox x, y, w, h in original pixels, score) for images of the roidb: the K fold m
 scripts/wrs/kfold.sh, or test-time-augmentation views of one model. Per image, the inputs' boxes
 are normalised by the image's width and height and fused by `ensemble_boxes.weighted_boxes_fusion`
 (core/wbf.py; a box only some inputs found gets its score scaled down); the best --max-det stay.
-Writes the merged COCO results json to --out and prints COCOeval's table (core/evaluate.py).
+Writes the merged COCO results json to --out (never one of the inputs) and prints COCOeval's table
+(core/evaluate.py).
 """
 import argparse
 import json
@@ -23,7 +24,7 @@ import numpy as np  # noqa: E402
 from core.dataset import load_roidb  # noqa: E402
 from core.evaluate import evaluate, format_per_class, to_coco_results, write_json  # noqa: E402
 from core.wbf import CONF_TYPES, fuse  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.errors import UserError, refuse_overwrite, run_cli  # noqa: E402
 
 
 def read_results(path, images, categories):
@@ -72,6 +73,7 @@ def main():
     parser.add_argument("--conf-type", default="avg", choices=CONF_TYPES, help="fused score rule")
     parser.add_argument("--max-det", type=int, default=100, help="detections kept per image")
     args = parser.parse_args()
+    refuse_overwrite([("--out", args.out)], [("--roidb", args.roidb)] + [("--inputs", p) for p in args.inputs])
     if args.weights and len(args.weights) != len(args.inputs):
         raise UserError("%d --weights for %d --inputs" % (len(args.weights), len(args.inputs)))
     if args.max_det < 1:

@@ -4,8 +4,8 @@
   python scripts/kfold.py --roidb data/wrs/train_roidb.json --k 5 --out data/wrs/folds [--seed 0]
 
 Writes OUT/fold{j}_val.json (fold j) and OUT/fold{j}_train.json (all other folds) for j = 0..K-1,
-in the roidb cache format (core.dataset.save_roidb), and prints per fold the images and, per class,
-the validation images that contain it.
+in the roidb cache format (core.dataset.save_roidb; none may be the --roidb read), and prints per
+fold the images and, per class, the validation images that contain it.
 
 An image is labelled by the set of classes present in it (multi-label), and the folds come from
 iterative stratification (Sechidis, Tsoumakas & Vlahavas 2011): repeatedly take the class with the
@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from core.dataset import load_roidb, save_roidb  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.errors import UserError, refuse_overwrite, run_cli  # noqa: E402
 
 
 def _pick(candidates, rng):
@@ -70,6 +70,9 @@ def main():
     parser.add_argument("--out", required=True, help="folder for fold{j}_train.json / fold{j}_val.json")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    outputs = [os.path.join(args.out, "fold%d_%s.json" % (j, s)) for j in range(max(args.k, 0))
+               for s in ("val", "train")]
+    refuse_overwrite([("--out", p) for p in outputs], [("--roidb", args.roidb)])
     roidb, categories = load_roidb(args.roidb)
     if not 2 <= args.k <= len(roidb):
         raise UserError("--k must be between 2 and the number of images (%d), got %d" % (len(roidb), args.k))

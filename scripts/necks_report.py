@@ -24,7 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.errors import UserError, refuse_overwrite, run_cli  # noqa: E402
 
 NOTES_MARKER = "<!-- Hand-written reading below: kept when scripts/necks_report.py regenerates this file. -->"
 
@@ -113,6 +113,9 @@ def main():
     args = parser.parse_args()
     if any("=" not in r for r in args.runs):
         raise UserError("runs must look like LABEL=DIR, got %s" % args.runs)
+    read = [os.path.join(r.split("=", 1)[1], n) for r in args.runs
+            for n in ("stats.json", "eval.json", "bench.txt", "config", "train_seconds")]
+    refuse_overwrite([("--out", args.out), ("--plot", args.plot)], [("a run's file", p) for p in read])
     runs = [read_run(*r.split("=", 1)) for r in args.runs]
     notes = ""
     if os.path.isfile(args.out) and NOTES_MARKER in open(args.out).read():
