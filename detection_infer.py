@@ -12,7 +12,9 @@ recursion, files with image extensions only. For input NAME (e.g. a.jpg) the out
 OUT/NAME.png and OUT/NAME.json:
   {"image": path, "width": w, "height": h, "detections": [{"box": [x1, y1, x2, y2] original pixels,
    clipped to the image, "score", "class_id" (0-based), "class_name"}, ...] best first}
-holding the detections scoring at least --score. Class names: DatasetParam.class_names, else
+holding the detections scoring at least --score (0..1). Class names: those recorded in the
+weights (training checkpoints and exports carry them; DatasetParam.class_names and the categories of
+DatasetParam.val_roidb, when set, must then be the same list), else DatasetParam.class_names, else
 the category names of DatasetParam.val_roidb when that cache exists, else "0", "1", ...
 An unreadable image is skipped with one line and counted in the summary.
 """
@@ -23,14 +25,14 @@ import cv2
 import mxnet as mx
 import numpy as np
 
-from core.dataset import load_roidb
+from core.roidb import check_class_names, load_roidb
 from core.evaluate import write_json
 from core.transforms import ImageReadError, read_image
 from core.module import contexts
 from detection_test import check_params
 from models.efficientdet.deploy import get_deploy_symbol, prepare_image
-from utils.checkpoint import atomic_write, load_params
-from utils.config import add_config_args, load_config
+from utils.checkpoint import atomic_write, load_weights
+from utils.config import add_config_args, check_value, load_config, number_range
 from utils.draw import draw_detections
 from utils.errors import UserError, run_cli
 
@@ -49,27 +51,33 @@ def list_images(path):
     return found
 
 
-def class_names(cfg):
-    """Display name of each class index (module docstring)."""
+def class_names(cfg, trained_on=None, params_path=""):
+    """Display name of each class index (module docstring); `trained_on`: the names the weights
+    record, or None."""
     d = cfg.DatasetParam
-    if d.class_names:
-        if len(d.class_names) != d.num_classes:
-            raise UserError("DatasetParam.class_names has %d names for %d classes"
-                            % (len(d.class_names), d.num_classes))
-        return [str(n) for n in d.class_names]
+    if d.class_names and len(d.class_names) != d.num_classes:
+        raise UserError("DatasetParam.class_names has %d names for %d classes" % (len(d.class_names), d.num_classes))
+    roidb_names = None
     if d.val_roidb and os.path.isfile(d.val_roidb):
-        _, categories = load_roidb(d.val_roidb)
-        if len(categories) == d.num_classes:
-            return [c["name"] for c in categories]
+        roidb_names = [c["name"] for c in load_roidb(d.val_roidb)[1]]
+    if trained_on is not None:
+        for names, where in ((d.class_names, "DatasetParam.class_names"), (roidb_names, d.val_roidb)):
+            if names:
+                check_class_names(trained_on, [str(n) for n in names], params_path, where)
+        return list(trained_on)
+    if d.class_names:
+        return [str(n) for n in d.class_names]
+    if roidb_names and len(roidb_names) == d.num_classes:
+        return roidb_names
     return [str(i) for i in range(d.num_classes)]
 
 
-def load_model(cfg, params_path):
-    """Module of the deploy graph bound for one image, with the weights of `params_path`."""
+def load_model(cfg, arg, aux, params_path):
+    """Module of the deploy graph bound for one image, holding the weights (arg, aux)."""
     H, W = cfg.DatasetParam.image_size
     shapes = {"data": (1, 3, H, W), "im_scale": (1, 1)}
+    cfg.General.batch_image = 1               # the graph is built for its batch size
     sym = get_deploy_symbol(cfg)
-    arg, aux = load_params(params_path)
     check_params(sym, arg, aux, shapes, params_path)
     mod = mx.mod.Module(sym, data_names=list(shapes), label_names=None, context=contexts(cfg)[:1])
     mod.bind(list(shapes.items()), for_training=False)
@@ -115,12 +123,16 @@ def main():
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--score", type=float, default=0.3, help="keep detections scoring at least this")
     args = parser.parse_args()
+    check_value("--score", args.score, *number_range(0, 1))
     cfg = load_config(args.config, args.sets, is_train=False)
     images = list_images(args.input)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError("--out %s is an existing file; name a folder for the outputs" % args.out)
     if os.path.isdir(args.input) and os.path.isdir(args.out) and os.path.samefile(args.input, args.out):
         raise UserError("--out must not be the input folder: the outputs would become inputs next time")
-    names = class_names(cfg)
-    mod = load_model(cfg, args.params)
+    arg, aux, trained_on = load_weights(args.params)
+    names = class_names(cfg, trained_on, args.params)
+    mod = load_model(cfg, arg, aux, args.params)
     os.makedirs(args.out, exist_ok=True)
 
     done, skipped, total = 0, 0, 0

@@ -6,10 +6,12 @@
 
 Weights: experiments/<General.name>/<General.name>-EEEE.params for --epoch (the EMA weights when
 training kept an EMA), or any .params file for --params (--ema takes the EMA weights of a training
-checkpoint ckpt-*.params). The roidb DatasetParam.val_roidb goes through the eval transform and
-the test symbol, whose graph ends in post-processing (TestParam), General.batch_image images per
-device. With TestParam.tta_flip / tta_scales every extra view (mirrored image, other input
-sizes) runs too and the views are merged per image by weighted boxes fusion (core/tta.py).
+checkpoint ckpt-*.params); weights that record their class names (training checkpoints and
+exports do) must name the roidb's classes in its order. The roidb DatasetParam.val_roidb goes
+through the eval transform and the test symbol, whose graph ends in post-processing (TestParam),
+General.batch_image images per device. With TestParam.tta_flip / tta_scales every extra view
+(mirrored image, other input sizes) runs too and the views are merged per image by weighted boxes
+fusion (core/tta.py).
 Writes into experiments/<General.name>/:
   results-<tag>.json  COCO results: bbox x, y, w, h in original pixels, original category ids
   eval-<tag>.json     the 12 COCO numbers, pycocotools' summary lines and the per-class AP table
@@ -21,15 +23,15 @@ import time
 import mxnet as mx
 from tqdm import tqdm
 
-from core.dataset import load_config_roidb
+from core.roidb import check_class_names, load_config_roidb
 from core.evaluate import evaluate, format_per_class, to_coco_results, write_json
 from core.loader import DetectionLoader
 from core.module import contexts
 from core.tta import eval_transform, merge_views, tta_views, unflip
 from models.efficientdet.builder import get_test_symbol
-from utils.checkpoint import load_params
+from utils.checkpoint import load_weights
 from utils.config import add_config_args, load_config
-from utils.errors import UserError, run_cli
+from utils.errors import UserError, refuse_overwrite, run_cli
 
 INPUTS = ("data", "im_scale")
 
@@ -98,7 +100,12 @@ def main():
     roidb, categories = load_config_roidb(cfg, "val")
     ctx = contexts(cfg)
     batch_size = cfg.General.batch_image * len(ctx)
-    arg, aux = load_params(path, ema=args.ema)
+    arg, aux, trained_on = load_weights(path, ema=args.ema)
+    check_class_names(trained_on, [c["name"] for c in categories], path, cfg.DatasetParam.val_roidb)
+    results_path = os.path.join(exp_dir, "results-%s.json" % tag)
+    eval_path = os.path.join(exp_dir, "eval-%s.json" % tag)
+    refuse_overwrite([("the results file", results_path), ("the evaluation file", eval_path)],
+                     [("--params", path), ("DatasetParam.val_roidb", cfg.DatasetParam.val_roidb)])
 
     # run every view (just the plain one without TTA; the time excludes binding), score, save
     per_view, seconds = [], 0.0
@@ -119,12 +126,10 @@ def main():
                                                             len(detections) / max(seconds, 1e-9), path))
     results = to_coco_results(detections, roidb, categories)
     os.makedirs(exp_dir, exist_ok=True)
-    results_path = os.path.join(exp_dir, "results-%s.json" % tag)
     write_json(results_path, results)
     report = evaluate(roidb, categories, results)
     print("\n".join(report["summary"]))
     print(format_per_class(report["per_class"]))
-    eval_path = os.path.join(exp_dir, "eval-%s.json" % tag)
     test_param = {k: v for k, v in vars(cfg.TestParam).items() if not k.startswith("_")}
     write_json(eval_path, dict(report, params=os.path.abspath(path), config=os.path.abspath(args.config),
                                images=len(detections), detections=len(results), test_param=test_param))

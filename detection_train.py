@@ -36,6 +36,7 @@ from utils.ema import ExponentialMovingAverage
 from utils.errors import UserError, run_cli
 from utils.logger import MetricsWriter, plot_loss_curve, setup_logger
 from utils.pretrain import fixed_param_names, load_pretrained
+from utils.resume import StopOnInterrupt, describe, guarded, resume_position, stop_interrupted
 
 logger = logging.getLogger("train")
 dist_kvstore = None   # held by the module, not by main(): see run_worker
@@ -111,13 +112,18 @@ def initial_params(cfg, sym, input_shapes, manifest):
     return arg, aux, None, None
 
 
-def save(mod, ema, exp_dir, cfg, epoch, iteration, batch_in_epoch, step, epoch_end):
-    arg, aux = mod.get_params()
-    save_checkpoint(exp_dir, epoch, iteration, arg, aux, optimizer_states(mod, exp_dir),
-                    ema.state_dict() if ema else None,
-                    extra={"batch_in_epoch": batch_in_epoch, "loss_scale": step.loss_scale},
-                    epoch_prefix=os.path.join(exp_dir, cfg.General.name) if epoch_end else None,
-                    keep_last=cfg.General.keep_last)
+def save(mod, ema, exp_dir, cfg, epoch, iteration, batch_in_epoch, step, epoch_end, run):
+    """Checkpoint the position; `run` holds "class_names" and "iters_per_epoch" to record with it. A
+    failed write (full disk) is one line naming the last good checkpoint."""
+    def write():
+        arg, aux = mod.get_params()
+        save_checkpoint(exp_dir, epoch, iteration, arg, aux, optimizer_states(mod, exp_dir),
+                        ema.state_dict() if ema else None,
+                        extra={"batch_in_epoch": batch_in_epoch, "loss_scale": step.loss_scale,
+                               "iters_per_epoch": run["iters_per_epoch"]},
+                        epoch_prefix=os.path.join(exp_dir, cfg.General.name) if epoch_end else None,
+                        keep_last=cfg.General.keep_last, class_names=run["class_names"])
+    guarded("saving the checkpoint of epoch %d iteration %d" % (epoch, iteration), exp_dir, write)
 
 
 def main():
@@ -151,7 +157,7 @@ def main():
                              seed=g.seed, num_workers=cfg.DatasetParam.num_workers,
                              prefetch=cfg.DatasetParam.prefetch, begin_epoch=begin_epoch,
                              rank=rank, num_ranks=num_workers)
-    skip = manifest["extra"]["batch_in_epoch"] if manifest else 0
+    num_update, skip = resume_position(manifest, loader.num_batches, begin_epoch)
     loader.seek(skip)
 
     # model
@@ -168,7 +174,7 @@ def main():
     arg, aux, states, ema_state = initial_params(cfg, sym, dict(data_shapes + loader.provide_label), manifest)
     mod.init_params(initializer(), arg_params=arg, aux_params=aux, allow_missing=True)
     iters_per_epoch = loader.num_batches
-    num_update = manifest["iteration"] if manifest else begin_epoch * iters_per_epoch
+    run = {"class_names": [c["name"] for c in categories], "iters_per_epoch": iters_per_epoch}
     trainable = [n for n in arg_names if n not in fixed]
     if isinstance(kvstore, mx.kv.KVStore):
         check_same_start(kvstore, num_update)
@@ -183,7 +189,8 @@ def main():
     opt.rescale_grad = 1.0 / (num_workers * len(ctx))
     mod.init_optimizer(kvstore=kvstore, optimizer=opt)
     if states:
-        restore_optimizer_states(mod, states, exp_dir)
+        guarded("restoring the optimizer state of %s" % describe(manifest), exp_dir, restore_optimizer_states,
+                mod, states, exp_dir)
     ema = ExponentialMovingAverage(o.ema_decay) if o.ema_decay > 0 else None
     if ema and ema_state:
         ema.load(ema_state)
@@ -197,8 +204,11 @@ def main():
                 begin_epoch, o.schedule.end_epoch, len(trainable))
 
     # loop
-    metrics = MetricsWriter(os.path.join(exp_dir, "metrics.csv")) if rank == 0 else None
+    # Rows past the checkpoint are iterations the resumed run repeats.
+    metrics = MetricsWriter(os.path.join(exp_dir, "metrics.csv"),
+                            keep_until=manifest["iteration"] if manifest else 0) if rank == 0 else None
     names = [n.replace("_output", "") for n in mod.output_names]
+    stop = StopOnInterrupt(exp_dir).install()
     for epoch in range(begin_epoch, o.schedule.end_epoch):
         bar = tqdm(total=iters_per_epoch, initial=skip, desc="epoch %d" % epoch, dynamic_ncols=True,
                    disable=None)
@@ -227,14 +237,21 @@ def main():
                     metrics.write(epoch, num_update, opt.learning_rate, terms, speed)
                 window, tick = [], time.time()
             if rank == 0 and g.checkpoint_iters and num_update % g.checkpoint_iters == 0 and k + 1 < iters_per_epoch:
-                save(mod, ema, exp_dir, cfg, epoch, num_update, k + 1, step, epoch_end=False)
+                save(mod, ema, exp_dir, cfg, epoch, num_update, k + 1, step, False, run)
+            if stop.requested:
+                loader.close()
+                if metrics is not None:
+                    metrics.close()
+                return stop_interrupted(exp_dir, (lambda: save(mod, ema, exp_dir, cfg, epoch, num_update, k + 1,
+                                                               step, False, run)) if rank == 0 else None)
         bar.close()
         loader.reset()
         skip = 0
         if rank == 0:
-            save(mod, ema, exp_dir, cfg, epoch + 1, num_update, 0, step, epoch_end=True)
+            save(mod, ema, exp_dir, cfg, epoch + 1, num_update, 0, step, True, run)
         logger.info("epoch %d done (%d iterations, %d unreadable images skipped so far)", epoch, num_update,
                     loader.skipped)
+    stop.restore()
     loader.close()
     if metrics is not None:
         metrics.close()

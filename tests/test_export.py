@@ -1,5 +1,6 @@
 """scripts/export.py (deploy graph with pre- and post-processing, ONNX round trip),
 utils/onnx_export.py and detection_infer_speed.py."""
+import json
 import re
 
 import cv2
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import run_script
-from test_infer import CONFIG, SETS, set_args, tiny_params
+from test_infer import CONFIG, NAMES, SETS, set_args, tiny_params
+from utils.checkpoint import load_weights
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +19,7 @@ def exported(tmp_path_factory):
     pytest.importorskip("onnxruntime")
     folder = tmp_path_factory.mktemp("export")
     # A damped box head keeps boxes image-sized, so pixel differences mean something.
-    params = tiny_params(folder / "tiny.params", box_scale=0.05)
+    params = tiny_params(folder / "tiny.params", box_scale=0.05, class_names=NAMES)
     prefix = folder / "deploy" / "tiny"
     res = run_script(["scripts/export.py", "--config", CONFIG, "--params", params, "--out", prefix, "--onnx"]
                      + set_args(), timeout=180)
@@ -33,6 +35,14 @@ def test_onnx_round_trip_matches_mxnet(exported):
     box, rel, score, unpaired = float(line.group(1)), float(line.group(2)), float(line.group(3)), int(line.group(4))
     assert box < 0.05 and rel < 1e-4 and score < 1e-4 and unpaired == 0
     assert re.search(r", (\d+) detections", res.stdout).group(1) == "100"
+
+
+def test_export_carries_the_class_names(exported):
+    import onnx                                   # present wherever the fixture ran (it exports)
+    prefix, _ = exported
+    assert load_weights(prefix + "-0000.params")[2] == NAMES
+    meta = {p.key: p.value for p in onnx.load(prefix + ".onnx").metadata_props}
+    assert json.loads(meta["class_names"]) == NAMES
 
 
 def test_deploy_checkpoint_equals_test_symbol_on_the_eval_transform(exported, tmp_path):

@@ -20,9 +20,10 @@ def set_args(sets=SETS):
     return [a for s in sets for a in ("--set", s)]
 
 
-def tiny_params(path, box_scale=1.0):
-    """Random weights for CONFIG + SETS saved to `path`. box_scale < 1 shrinks the box predictor,
-    so boxes stay near their anchors instead of spanning ~exp(10) anchor sizes."""
+def tiny_params(path, box_scale=1.0, class_names=None):
+    """Random weights for CONFIG + SETS saved to `path` (with `class_names` recorded, if given).
+    box_scale < 1 shrinks the box predictor, so boxes stay near their anchors instead of spanning
+    ~exp(10) anchor sizes."""
     import mxnet as mx
     from models.efficientdet.builder import get_raw_symbol
     from utils.checkpoint import save_epoch_params
@@ -34,7 +35,7 @@ def tiny_params(path, box_scale=1.0):
     mod.init_params(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2.3))
     arg, aux = mod.get_params()
     arg["bbox_pred_weight"] *= box_scale
-    save_epoch_params(str(path), arg, aux)
+    save_epoch_params(str(path), arg, aux, class_names)
     return str(path)
 
 

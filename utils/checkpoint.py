@@ -41,7 +41,8 @@ def _fsync_dir(path):
 
 
 def atomic_write(path, write):
-    """Call write(tmp_path), fsync the result, then move it over `path` in one rename."""
+    """Call write(tmp_path), fsync the result, then move it over `path` in one rename. A failure
+    (OSError) leaves `path` as it was and is re-raised naming `path`, not the temp file."""
     folder, base = os.path.split(os.path.abspath(path))
     tmp = os.path.join(folder, ".%s.tmp-%d" % (base, os.getpid()))
     try:
@@ -49,6 +50,8 @@ def atomic_write(path, write):
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        raise type(e)(e.errno, "cannot write %s: %s" % (path, e.strerror or e)) from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -71,15 +74,16 @@ def _sha256(path):
 
 
 def save_nd(path, data):
-    """mx.nd.save(path, data), then read it back: OSError(ENOSPC) if the file came out short."""
-    mx.nd.save(path, data)
+    """mx.nd.save(path, data), read back: OSError if the file is not complete. mx.nd.save raises
+    for a large write that fails, but a short file whose loss happens at close passes silently."""
     try:
+        mx.nd.save(path, data)
         complete = sorted(mx.nd.load(path)) == sorted(data)
     except mx.base.MXNetError:
         complete = False
     if not complete:
-        raise OSError(errno.ENOSPC, "%s came out incomplete (%d bytes): disk full or a file-size limit?"
-                      % (path, os.path.getsize(path)))
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        raise OSError(errno.EIO, "mx.nd.save left an incomplete file (%d bytes)" % size)
 
 
 def class_names_array(names):

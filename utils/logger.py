@@ -38,19 +38,26 @@ class MetricsWriter:
     """Append one CSV row per logged step: epoch, iter, lr, <loss terms>, images_per_s, wall_time.
 
     Each row is flushed. An existing file (a resumed run) is appended to and keeps its header;
-    a partial last line left by a crash is cut off first. The loss-term columns are fixed by the
-    header (or by the first row of a new file): a row with other terms is a UserError.
+    a partial last line left by a crash is cut off first, and with `keep_until` (the iteration of
+    the checkpoint a run resumes from) so are the rows of later iterations, which the resumed run
+    repeats. The loss-term columns are fixed by the header (or by the first row of a new file): a
+    row with other terms is a UserError.
     """
 
-    def __init__(self, csv_path):
+    def __init__(self, csv_path, keep_until=None):
         self.path = csv_path
         self.columns = None
         os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
         if os.path.isfile(csv_path) and os.path.getsize(csv_path) > 0:
-            with open(csv_path, "rb+") as f:
-                data = f.read()
-                if not data.endswith(b"\n"):
-                    f.truncate(data.rfind(b"\n") + 1)
+            with open(csv_path, "rb") as f:
+                lines = f.read().split(b"\n")[:-1]       # the last piece: "" or a cut line
+            if keep_until is not None:
+                lines = lines[:1] + [l for l in lines[1:] if _iteration(l) <= keep_until]
+
+            def write(tmp):
+                with open(tmp, "wb") as f:
+                    f.writelines(l + b"\n" for l in lines)
+            atomic_write(csv_path, write)
             with open(csv_path, newline="") as f:
                 self.columns = next(csv.reader(f), None)
         self._file = open(csv_path, "a", newline="")
@@ -77,6 +84,14 @@ class MetricsWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _iteration(line):
+    """The iter column of a metrics row (bytes); rows that do not parse sort last (dropped)."""
+    try:
+        return int(line.split(b",")[1])
+    except (IndexError, ValueError):
+        return float("inf")
 
 
 def plot_loss_curve(csv_path, png_path):
