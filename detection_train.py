@@ -33,7 +33,7 @@ from models.efficientdet.stats import param_shapes
 from utils.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from utils.config import add_config_args, load_config
 from utils.ema import ExponentialMovingAverage
-from utils.errors import UserError, run_cli
+from utils.errors import UserError, refuse_overwrite, run_cli
 from utils.logger import MetricsWriter, plot_loss_curve, setup_logger
 from utils.pretrain import fixed_param_names, load_pretrained
 from utils.resume import StopOnInterrupt, describe, guarded, resume_position, stop_interrupted
@@ -106,9 +106,13 @@ def initial_params(cfg, sym, input_shapes, manifest):
     p = cfg.ModelParam.pretrain
     if not p.prefix:
         return {}, {}, None, None
+    path, own = "%s-%04d.params" % (p.prefix, p.epoch), os.path.join("experiments", cfg.General.name, cfg.General.name)
+    sched = cfg.OptimizeParam.schedule
+    refuse_overwrite([("this run's epoch file", "%s-%04d.params" % (own, e))
+                      for e in range(sched.begin_epoch + 1, sched.end_epoch + 1)], [("ModelParam.pretrain", path)])
     shapes = dict(input_shapes)
     arg_shapes, aux_shapes = param_shapes(sym, shapes.pop("data"), **shapes)
-    arg, aux = load_pretrained("%s-%04d.params" % (p.prefix, p.epoch), arg_shapes, aux_shapes, p.exclude)
+    arg, aux = load_pretrained(path, arg_shapes, aux_shapes, p.exclude)
     return arg, aux, None, None
 
 

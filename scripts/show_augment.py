@@ -23,7 +23,7 @@ from core.transforms import build_transform  # noqa: E402
 from utils.checkpoint import atomic_write  # noqa: E402
 from utils.config import add_config_args, load_config  # noqa: E402
 from utils.draw import draw_detections, tile  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.errors import UserError, refuse_overwrite, run_cli  # noqa: E402
 
 
 def to_bgr(data, mean, std):
@@ -47,6 +47,7 @@ def main():
     if not cfg.DatasetParam.train_roidb:
         raise UserError("set DatasetParam.train_roidb (a roidb cache from scripts/create_roidb.py)")
     roidb, categories = load_roidb(cfg.DatasetParam.train_roidb)
+    refuse_overwrite([("--out", args.out)], [("an image of the roidb", r["image"]) for r in roidb])
     transform = build_transform(cfg, True, roidb)
     seed = cfg.General.seed
     order = np.random.RandomState([seed, 0]).permutation(len(roidb))   # DetectionLoader.epoch_plan

@@ -101,7 +101,14 @@ def test_every_other_writer_refuses_its_inputs(tmp_path, monkeypatch):
     params = tmp_path / "d0-0000.params"
     params.write_bytes(b"weights the user keeps")
     os.symlink(str(params), str(tmp_path / "link.params"))
+    png = _image(tmp_path / "imgs" / "a.png", 40, 30)
+    images = str(tmp_path / "images.json")
+    save_roidb(images, [{"image": png, "width": 40, "height": 30, "image_id": 1,
+                         "boxes": np.zeros((0, 4), np.float32), "classes": np.zeros(0, np.int32)}],
+               [{"id": 1, "name": "thing"}])
     cases = [("kfold", ["--roidb", roidb, "--k", "2", "--out", folds]),
+             ("show_augment", ["--config", "config/quickstart.py", "--set", "DatasetParam.train_roidb=" + images,
+                               "--out", png]),
              ("strip_head", ["--src", params, "--out", tmp_path / "link.params"]),
              ("export", ["--config", "config/quickstart.py", "--params", params, "--out", tmp_path / "d0"]),
              ("convert_weights", ["--src", params, "--out", tmp_path / "d0", "--config", "config/quickstart.py"]),
@@ -111,8 +118,21 @@ def test_every_other_writer_refuses_its_inputs(tmp_path, monkeypatch):
         with pytest.raises(UserError, match="is also") as e:
             _script_main(name, argv, monkeypatch)
         assert "choose another path" in str(e.value), name
-    assert params.read_bytes() == b"weights the user keeps"
+    assert params.read_bytes() == b"weights the user keeps" and cv2.imread(png).shape == (30, 40, 3)
     assert os.listdir(str(folds)) == ["fold0_val.json"] and not os.path.exists(str(tmp_path / "a.md"))
+
+
+def test_training_refuses_to_overwrite_its_pretrained_weights(tmp_path, monkeypatch):
+    import detection_train
+    monkeypatch.chdir(str(tmp_path))
+    os.makedirs("experiments/ft")
+    with open("experiments/ft/ft-0003.params", "wb") as f:
+        f.write(b"epoch 3 of an earlier run")
+    cfg = load_config(os.path.join(REPO, "config", "quickstart.py"), [
+        "General.name=ft", "ModelParam.pretrain.prefix=experiments/ft/ft", "ModelParam.pretrain.epoch=3"])
+    with pytest.raises(UserError, match="this run's epoch file experiments/ft/ft-0003.params is also "
+                                        "ModelParam.pretrain"):
+        detection_train.initial_params(cfg, None, {}, None)
 
 
 # ---- 2. decoded size against the roidb; EXIF orientation -----------------------------------------
