@@ -4,13 +4,12 @@ optimiser-state restore that fails (full disk, file-size limit), or Ctrl-C.
 None of these may lose data: a checkpoint only counts once complete (utils/checkpoint.py), so the
 messages name the newest complete one, which a failed save leaves intact.
 """
+import errno
 import logging
 import math
 import os
 import signal
 import sys
-
-import mxnet as mx
 
 from utils.checkpoint import latest_checkpoint
 from utils.errors import UserError
@@ -51,15 +50,16 @@ def describe(manifest):
 
 
 def guarded(what, exp_dir, fn, *args, **kwargs):
-    """fn(*args, **kwargs); an OSError or MXNetError (a full disk, a file-size limit) becomes a
-    UserError saying `what` failed and naming the newest complete checkpoint, which is intact."""
+    """fn(*args, **kwargs); an OSError (a full disk, a file-size limit, ...) becomes a UserError
+    saying `what` failed and naming the newest complete checkpoint, which such a failure leaves
+    intact."""
     try:
         return fn(*args, **kwargs)
-    except (OSError, mx.base.MXNetError) as e:
-        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise UserError("%s failed: %s (disk full or a file-size limit?); the last good checkpoint %s is "
-                        "intact: free space, then continue with --resume" % (what, reason,
-                                                                           describe(latest_checkpoint(exp_dir))))
+    except OSError as e:
+        disk = e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO)
+        raise UserError("%s failed: %s%s; the last good checkpoint %s is intact: %s, then continue with --resume"
+                        % (what, e, " (disk full or a file-size limit?)" if disk else "",
+                           describe(latest_checkpoint(exp_dir)), "free space" if disk else "fix that"))
 
 
 class StopOnInterrupt:
