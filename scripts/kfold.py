@@ -70,12 +70,11 @@ def main():
     parser.add_argument("--out", required=True, help="folder for fold{j}_train.json / fold{j}_val.json")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    outputs = [os.path.join(args.out, "fold%d_%s.json" % (j, s)) for j in range(max(args.k, 0))
-               for s in ("val", "train")]
-    refuse_overwrite([("--out", p) for p in outputs], [("--roidb", args.roidb)])
     roidb, categories = load_roidb(args.roidb)
     if not 2 <= args.k <= len(roidb):
         raise UserError("--k must be between 2 and the number of images (%d), got %d" % (len(roidb), args.k))
+    outputs = [os.path.join(args.out, "fold%d_%s.json" % (j, s)) for j in range(args.k) for s in ("val", "train")]
+    refuse_overwrite([("--out", p) for p in outputs], [("--roidb", args.roidb)])
     fold = stratified_folds([set(r["classes"].tolist()) for r in roidb], len(categories), args.k, args.seed)
     names = [c["name"] for c in categories]
     width = max([len("fold")] + [len(n) for n in names])

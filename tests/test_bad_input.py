@@ -97,7 +97,8 @@ def test_every_other_writer_refuses_its_inputs(tmp_path, monkeypatch):
     folds = tmp_path / "folds"
     folds.mkdir()
     roidb = str(folds / "fold0_val.json")          # what kfold would write first
-    save_roidb(roidb, [], [{"id": 1, "name": "thing"}])
+    save_roidb(roidb, [{"image": "a%d.jpg" % i, "width": 4, "height": 4, "image_id": i, "boxes": np.zeros((0, 4)),
+                        "classes": np.zeros(0, np.int32)} for i in range(2)], [{"id": 1, "name": "thing"}])
     params = tmp_path / "d0-0000.params"
     params.write_bytes(b"weights the user keeps")
     os.symlink(str(params), str(tmp_path / "link.params"))
