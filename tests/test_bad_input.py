@@ -204,12 +204,12 @@ def test_truncated_jpeg_is_detected_but_trailing_bytes_are_not(tmp_path):
 
 def test_three_bad_files_over_two_epochs_are_three_skips_named_once(tmp_path, caplog):
     for i in range(6):
-        _image(tmp_path / "imgs" / ("%d.png" % i), 40, 30)
-    roidb, _, _ = load_coco(_coco(tmp_path, [("%d.png" % i, 40, 30) for i in range(6)]), str(tmp_path / "imgs"))
+        _image(tmp_path / "imgs" / ("%d.jpg" % i), 40, 30)
+    roidb, _, _ = load_coco(_coco(tmp_path, [("%d.jpg" % i, 40, 30) for i in range(6)]), str(tmp_path / "imgs"))
     good = open(roidb[0]["image"], "rb").read()
-    (tmp_path / "imgs" / "1.png").write_bytes(b"")                   # zero bytes
-    (tmp_path / "imgs" / "3.png").write_bytes(good[:40])             # cut short
-    os.remove(str(tmp_path / "imgs" / "4.png"))                      # gone
+    (tmp_path / "imgs" / "1.jpg").write_bytes(b"")                   # zero bytes
+    (tmp_path / "imgs" / "3.jpg").write_bytes(good[:len(good) // 2])  # truncated: cv2 alone would read it
+    os.remove(str(tmp_path / "imgs" / "4.jpg"))                      # gone
     loader = _loader(roidb, num_workers=2)
     with caplog.at_level(logging.WARNING, logger="core.loader"):
         for _ in range(2):
@@ -219,7 +219,7 @@ def test_three_bad_files_over_two_epochs_are_three_skips_named_once(tmp_path, ca
     assert loader.skipped == 3
     messages = [r.getMessage() for r in caplog.records if r.name == "core.loader"]
     assert len(messages) == 3
-    for name, substitute in (("1.png", "2.png"), ("3.png", "5.png"), ("4.png", "5.png")):
+    for name, substitute in (("1.jpg", "2.jpg"), ("3.jpg", "5.jpg"), ("4.jpg", "5.jpg")):
         (msg,) = [m for m in messages if "/%s" % name in m.split(";")[0]]
         assert msg.endswith("takes the next readable image, %s, instead" % (tmp_path / "imgs" / substitute))
 
