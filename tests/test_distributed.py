@@ -106,7 +106,7 @@ def _gone(pid):
 def _write_init(sets, prefix):
     """Initial weights as a pretrained file both runs start from; returns them as numpy, and the
     number of positive anchors of one image."""
-    cfg = load_config("config/quickstart.py", sets, is_train=True)
+    cfg = load_config("config/quickstart.py", sets + ["General.batch_image=1"], is_train=True)
     targets = make_target_fn(cfg)(BOXES, np.zeros(len(BOXES), np.int32))
     mod = mx.mod.Module(get_train_symbol(cfg), data_names=["data"], label_names=sorted(targets))
     mod.bind([("data", (1, 3, SIZE, SIZE))], [(k, (1,) + targets[k].shape) for k in sorted(targets)],

@@ -131,7 +131,7 @@ def test_detection_test_end_to_end(tmp_path):
     (tmp_path / "cfg.py").write_text(CONFIG)
     cfg = load_config(str(tmp_path / "cfg.py"), is_train=False)
     mod = mx.mod.Module(get_raw_symbol(cfg), data_names=["data"], label_names=None)
-    mod.bind([("data", (1, 3, 128, 128))], for_training=False)
+    mod.bind([("data", (2, 3, 128, 128))], for_training=False)
     mod.init_params(mx.init.Xavier())
     save_epoch_params(str(tmp_path / "rand.params"), *mod.get_params())
 

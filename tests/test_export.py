@@ -58,7 +58,7 @@ def test_deploy_checkpoint_equals_test_symbol_on_the_eval_transform(exported, tm
     sym, arg, aux = mx.model.load_checkpoint(prefix, 0)
     assert sym.list_inputs()[0] == "data" and "im_scale" in sym.list_inputs()
     assert sym.list_outputs() == ["detections_output"]
-    cfg = load_config(CONFIG, SETS, is_train=False)
+    cfg = load_config(CONFIG, SETS + ["General.batch_image=1"], is_train=False)
     image = np.random.RandomState(2).randint(0, 255, (60, 170, 3)).astype(np.uint8)
     cv2.imwrite(str(tmp_path / "x.png"), image[:, :, ::-1])
     sample = build_transform(cfg, False)({"image": str(tmp_path / "x.png"), "image_id": 0,

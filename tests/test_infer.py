@@ -30,7 +30,7 @@ def tiny_params(path, box_scale=1.0, class_names=None):
     from utils.config import load_config
     cfg = load_config(CONFIG, SETS, is_train=False)
     mod = mx.mod.Module(get_raw_symbol(cfg), data_names=["data"], label_names=None)
-    mod.bind([("data", (1, 3, 128, 128))], for_training=False)
+    mod.bind([("data", (cfg.General.batch_image, 3, 128, 128))], for_training=False)
     mx.random.seed(0)
     mod.init_params(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2.3))
     arg, aux = mod.get_params()

@@ -68,7 +68,8 @@ def test_cells_have_seven_blocks_and_outputs_p3_to_p7():
 
 @pytest.mark.parametrize("size", [(256, 384), (300, 420)])
 def test_neck_shapes_on_non_square_inputs(size):
-    cfg = load_config(B0_NASFPN, ["DatasetParam.image_size=%r" % (size,), "NeckParam.repeats=1"], is_train=False)
+    cfg = load_config(B0_NASFPN, ["DatasetParam.image_size=%r" % (size,), "NeckParam.repeats=1",
+                                  "General.batch_image=2"], is_train=False)
     data = mx.sym.Variable("data")
     feats = nasfpn(pyramid_features(data, size, cfg), cfg)
     assert sorted(feats) == [3, 4, 5, 6, 7]

@@ -155,7 +155,8 @@ def test_empty_boxes_are_picked_once_each():
 
 def test_flat_predictions_equal_flattened_head_outputs():
     """The shared 1x1 predictor run once as a FullyConnected == per-level convs, transposed."""
-    cfg = make_config(False, {"DatasetParam.image_size": (64, 96), "DatasetParam.num_classes": 3})
+    cfg = make_config(False, {"DatasetParam.image_size": (64, 96), "DatasetParam.num_classes": 3,
+                              "General.batch_image": 2})
     data = mx.nd.random.uniform(-2, 2, (2, 3, 64, 96))
     outs, params = [], {}
     for flatten in (flatten_level_outputs, flat_predictions):   # separate graphs: see its docstring
@@ -180,7 +181,7 @@ def test_flat_predictions_equal_flattened_head_outputs():
 def test_test_symbol_matches_raw_outputs_and_survives_save_load():
     """get_test_symbol (shared 1x1 predictor as one FullyConnected) == raw head outputs + reference."""
     cfg = make_config(False, {"DatasetParam.image_size": (128, 128), "DatasetParam.num_classes": 4,
-                              "TestParam.max_det": 30})
+                              "TestParam.max_det": 30, "General.batch_image": 2})
     raw = mx.mod.Module(get_raw_symbol(cfg), data_names=["data"], label_names=None)
     raw.bind([("data", (2, 3, 128, 128))], for_training=False)
     mx.random.seed(0)

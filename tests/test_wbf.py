@@ -85,7 +85,8 @@ def test_flipped_view_of_an_image_is_the_plain_view_of_its_mirror(tmp_path):
         records.append({"image": str(tmp_path / ("%d.png" % i)), "image_id": i, "width": 150, "height": 90,
                         "boxes": np.zeros((0, 4), np.float32), "classes": np.zeros(0, np.int32)})
     cfg = make_config(False, {"DatasetParam.image_size": (128, 128), "DatasetParam.num_classes": 3,
-                              "NeckParam.repeats": 1, "HeadParam.repeats": 1, "TestParam.max_det": 20})
+                              "NeckParam.repeats": 1, "HeadParam.repeats": 1, "TestParam.max_det": 20,
+                              "General.batch_image": 2})
     t_plain, t_flip = eval_transform(cfg, False), eval_transform(cfg, True)
     np.testing.assert_allclose(t_flip(records[0])["data"], t_plain(records[1])["data"], atol=1e-4)
 
@@ -119,7 +120,7 @@ def test_detection_test_runs_tta(tmp_path):
     config = os.path.join(REPO, "config", "quickstart.py")
     cfg = load_config(config, sets, is_train=False)
     mod = mx.mod.Module(get_raw_symbol(cfg), data_names=["data"], label_names=None)
-    mod.bind([("data", (1, 3, 128, 128))], for_training=False)
+    mod.bind([("data", (cfg.General.batch_image, 3, 128, 128))], for_training=False)
     mod.init_params(mx.init.Xavier())
     save_epoch_params(str(tmp_path / "rand.params"), *mod.get_params())
     # cwd = tmp_path: detection_test.py writes into ./experiments/<name>/.

@@ -118,9 +118,9 @@ def channel_scale(data, scale, channels, hw, batch):
     if not onednn_forms():
         return mx.sym.broadcast_mul(data, scale)
     h, w = hw
-    # -1 rather than batch * channels: a graph bound at another batch then fails shape inference
-    # in the convolution, where a fixed target shape would not be checked by reshape.
-    weight = mx.sym.reshape(scale, shape=(-1, 1, 1, 1))
+    # (N, C, 1, 1) -> (N*C, 1, 1, 1) by merging axes, not by a target shape: a graph bound at
+    # another batch then fails the convolution's shape check instead of being silently wrong.
+    weight = mx.sym.expand_dims(mx.sym.reshape(scale, shape=(-3, -2)), axis=1)
     if batch == 1:  # no reshape: it would break oneDNN's in-place reuse of the buffers around it
         return mx.sym.Convolution(data, weight=weight, num_filter=channels, num_group=channels,
                                   kernel=(1, 1), no_bias=True)
