@@ -119,7 +119,8 @@ def main():
     print("wrote %s-symbol.json and %s-0000.params (inputs data (N, 3, %d, %d) RGB 0-255 padded with "
           "the mean colour, im_scale (N, 1))" % (args.out, args.out, H, W))
     if args.onnx:
-        path = export_onnx(sym, dict(arg, **aux), [shapes["data"], shapes["im_scale"]], args.out + ".onnx",
+        path = export_onnx(get_deploy_symbol(cfg, portable=True), dict(arg, **aux),
+                           [shapes["data"], shapes["im_scale"]], args.out + ".onnx",
                            {"class_names": json.dumps(class_names)} if class_names else None)
         print("wrote %s (opset 13, batch %d)" % (path, args.batch))
         check_onnx(sym, arg, aux, cfg, path, args.batch)
