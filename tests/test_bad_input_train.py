@@ -16,6 +16,7 @@ import pytest
 from conftest import REPO
 from core.roidb import load_roidb, save_roidb
 from core.synthetic import CLASSES
+from test_infer import NAMES, SETS, tiny_params
 from test_train import TINY, _dataset
 from utils.checkpoint import latest_checkpoint, load_checkpoint, load_weights
 from utils.config import load_config
@@ -65,38 +66,32 @@ def _wait_for(proc, test, what, timeout=240):
     assert proc.poll() is None, "training ended before %s: %s" % (what, proc.stderr.read()[-2000:])
 
 
-# ---- 5. class names travel with the weights ------------------------------------------------------
+# ---- 5. class names travel with the weights (stored: see the --resume test) -------------------
 
-def test_class_names_are_stored_and_checked_by_test_and_infer(tmp_path):
-    roidb = _dataset(tmp_path, 4)
-    sets = _train_sets(roidb, "names", "General.batch_image=2", "OptimizeParam.schedule.end_epoch=1")
-    res = _run(tmp_path, _cmd("detection_train.py", sets))
-    assert res.returncode == 0, res.stderr[-3000:]
-    epoch_file = str(tmp_path / "experiments" / "names" / "names-0001.params")
-    assert load_weights(epoch_file)[2] == list(CLASSES)
-    assert latest_checkpoint(str(tmp_path / "experiments" / "names"))["class_names"] == list(CLASSES)
-
-    records, cats = load_roidb(roidb)                  # the same images, two classes swapped
+def test_test_and_infer_check_the_class_names_of_the_weights(tmp_path):
+    params = tiny_params(tmp_path / "w.params", box_scale=0.05, class_names=NAMES)
+    records, cats = load_roidb(_dataset(tmp_path, 2))        # the same images, two classes swapped
     swapped = [cats[1], cats[0]] + cats[2:]
     for r in records:
         r["classes"] = np.array([{0: 1, 1: 0}.get(int(c), int(c)) for c in r["classes"]], np.int32)
     other = str(tmp_path / "swapped.json")
     save_roidb(other, records, swapped, "coco")
-    both = "trained on the classes %s but %s has %s" % (list(CLASSES), other, [c["name"] for c in swapped])
-    test_sets = TINY + ["General.name=names", "DatasetParam.val_roidb=" + other]
-    res = _run(tmp_path, _cmd("detection_test.py", test_sets, ["--epoch", 1]))
+    both = "%s was trained on the classes %s but %s has %s" % (params, NAMES, other, [c["name"] for c in swapped])
+    sets = SETS + ["DatasetParam.val_roidb=" + other]
+    res = _run(tmp_path, _cmd("detection_test.py", sets, ["--params", params]))
     assert res.returncode == 2 and both in _last_error(res)
     image = records[0]["image"]
-    res = _run(tmp_path, _cmd("detection_infer.py", test_sets, ["--params", epoch_file, "--input", image,
-                                                               "--out", tmp_path / "out"]))
+    res = _run(tmp_path, _cmd("detection_infer.py", sets, ["--params", params, "--input", image,
+                                                          "--out", tmp_path / "o"]))
     assert res.returncode == 2 and both in _last_error(res)
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "o").exists()
     # By default the names come from the weights (no class_names, no val roidb in the config).
-    res = _run(tmp_path, _cmd("detection_infer.py", TINY + ["DatasetParam.val_roidb="],
-                              ["--params", epoch_file, "--input", image, "--out", tmp_path / "out", "--score", 0]))
+    plain = [s for s in SETS if not s.startswith("DatasetParam.class_names")]
+    res = _run(tmp_path, _cmd("detection_infer.py", plain, ["--params", params, "--input", image,
+                                                           "--out", tmp_path / "o", "--score", 0]))
     assert res.returncode == 0, res.stderr[-3000:]
-    detections = json.loads((tmp_path / "out" / (os.path.basename(image) + ".json")).read_text())["detections"]
-    assert detections and all(d["class_name"] == CLASSES[d["class_id"]] for d in detections)
+    detections = json.loads((tmp_path / "o" / (os.path.basename(image) + ".json")).read_text())["detections"]
+    assert detections and all(d["class_name"] == NAMES[d["class_id"]] for d in detections)
 
 
 # ---- 6. --resume with another batch --------------------------------------------------------------
@@ -121,7 +116,11 @@ def test_resume_with_a_larger_batch_continues_the_schedule(tmp_path):
     res = _run(tmp_path, _cmd("detection_train.py", more, ["--resume"]))
     assert res.returncode == 0, res.stderr[-3000:]
     assert "position re-mapped from iteration 4 (batch 0 of epoch 1) to iteration 2" in res.stderr
-    rows = _rows(str(tmp_path / "experiments" / "batch" / "metrics.csv"))
+    exp = str(tmp_path / "experiments" / "batch")
+    last = latest_checkpoint(exp)                       # every checkpoint records the class names
+    assert last["class_names"] == list(CLASSES) == load_weights(os.path.join(exp, "batch-0002.params"))[2]
+    assert load_weights(os.path.join(exp, last["files"]["params"]["name"]))[2] == list(CLASSES)
+    rows = _rows(os.path.join(exp, "metrics.csv"))
     assert [it for it, _ in rows] == [1, 2, 3, 4, 3, 4]   # 4 steps of 2, then epoch 1 in 2 steps of 4
     sched = build_lr_scheduler(load_config(CONFIG, more), 8, 4)
     assert rows[4][1] > 0 and rows[4][1] == pytest.approx(sched(3), rel=1e-4)
@@ -196,8 +195,8 @@ def test_ctrl_c_saves_the_position_and_exits_130(tmp_path):
     err = proc.stderr.read()
     last = latest_checkpoint(str(exp), verify_hash=True)
     assert "Traceback" not in err and last is not None
-    assert err.strip().splitlines()[-1] == "interrupted; resume with --resume (last checkpoint: %s/ckpt-%04d-%07d.json " \
-        "(epoch %d, iteration %d))" % (exp, last["epoch"], last["iteration"], last["epoch"], last["iteration"])
+    assert err.strip().splitlines()[-1] == "interrupted; resume with --resume (last checkpoint: %s/ckpt-%04d-%07d" \
+        ".json (epoch %d, iteration %d))" % (exp, last["epoch"], last["iteration"], last["epoch"], last["iteration"])
     assert last["iteration"] == _rows(str(exp / "metrics.csv"))[-1][0]     # the step it stopped after
 
 
