@@ -17,6 +17,10 @@ import os
 import tempfile
 import time
 
+from utils.threads import configure_threads
+
+configure_threads()  # before mxnet is imported
+
 import mxnet as mx
 import numpy as np
 

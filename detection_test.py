@@ -20,6 +20,10 @@ import argparse
 import os
 import time
 
+from utils.threads import configure_threads
+
+configure_threads()  # before mxnet is imported
+
 import mxnet as mx
 from tqdm import tqdm
 

@@ -18,6 +18,10 @@ import sys
 import time
 import traceback
 
+from utils.threads import configure_threads
+
+configure_threads()  # before mxnet is imported
+
 import mxnet as mx
 import numpy as np
 from tqdm import tqdm

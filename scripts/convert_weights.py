@@ -16,6 +16,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from utils.threads import configure_threads  # noqa: E402
+
+configure_threads()  # before mxnet is imported
+
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 

@@ -21,6 +21,10 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from utils.threads import configure_threads  # noqa: E402
+
+configure_threads()  # before mxnet is imported
+
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 

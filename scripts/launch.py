@@ -40,6 +40,10 @@ import sys
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.threads import physical_cores  # noqa: E402
+
 POLL = 0.1          # seconds between checks of the children
 
 
@@ -220,7 +224,11 @@ def main(argv=None):
         hosts, root = None, "127.0.0.1"
         port = args.port or free_port()
         # ps-lite would advertise the address of the first network interface; loopback always works.
-        extra = dict({"DMLC_NODE_HOST": "127.0.0.1"}, **extra)
+        # The workers share this machine's cores: each gets its share of OpenMP threads, unpinned
+        # (utils/threads.py would otherwise bind every worker's threads to the same first cores).
+        threads = {k: os.environ.get(k, v) for k, v in (
+            ("OMP_NUM_THREADS", str(max(1, physical_cores() // args.num_workers))), ("OMP_PROC_BIND", "false"))}
+        extra = dict({"DMLC_NODE_HOST": "127.0.0.1"}, **threads, **extra)
     else:
         if not args.hostfile:
             parser.error("--launcher ssh needs -H HOSTFILE")

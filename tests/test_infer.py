@@ -76,6 +76,31 @@ def test_odd_sizes_and_formats_give_pngs_and_json_inside_the_image(tmp_path, par
         assert [d["score"] for d in dets] == sorted((d["score"] for d in dets), reverse=True)
 
 
+def test_batch_gives_the_detections_of_single_images(tmp_path, params):
+    """--batch 3 over 4 readable images and a broken one (batches padded by repetition) writes the
+    detections that one image per call writes."""
+    rng = np.random.RandomState(1)
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, shape in enumerate([(60, 90, 3), (128, 40, 3), (77, 77, 3), (100, 128, 3)]):
+        cv2.imwrite(str(images / ("%d.png" % i)), rng.randint(0, 255, shape).astype(np.uint8))
+    (images / "1b.png").write_bytes(b"broken")
+    docs = {}
+    for batch in (1, 3):
+        out = tmp_path / ("out%d" % batch)
+        res = run_script(["detection_infer.py", "--config", CONFIG, "--params", params, "--input", images,
+                          "--out", out, "--score", "0.05", "--batch", str(batch)] + set_args())
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "4 image(s)" in res.stdout and "1 unreadable image(s) skipped" in res.stdout
+        docs[batch] = {n: json.loads((out / n).read_text())["detections"] for n in os.listdir(out) if n.endswith("json")}
+    assert sorted(docs[1]) == sorted(docs[3]) and len(docs[1]) == 4
+    for name, single in docs[1].items():
+        batched = docs[3][name]
+        assert len(single) == len(batched) > 0, name
+        np.testing.assert_allclose([d["box"] + [d["score"]] for d in batched],
+                                   [d["box"] + [d["score"]] for d in single], atol=0.02)
+
+
 def test_missing_input_is_one_line_and_exit_2(tmp_path, params):
     res = run_script(["detection_infer.py", "--config", CONFIG, "--params", params, "--input",
                       tmp_path / "nowhere", "--out", tmp_path / "out"] + set_args())

@@ -10,7 +10,7 @@ from models.efficientdet.anchors import generate_anchors, num_anchors
 from models.efficientdet.backbone import STRIDE_STAGES, efficientnet_classifier
 from models.efficientdet.builder import get_raw_symbol
 from models.efficientdet.convert import convert, read_source
-from models.efficientdet.layers import conv, max_pool, same_pad, upsample_to
+from models.efficientdet.layers import conv, graph_target, max_pool, same_pad, upsample_to
 from models.efficientdet.stats import count_params, param_shapes
 from utils.config import load_config
 
@@ -118,13 +118,50 @@ def test_same_pad_rule():
                                                 (7, 5, 1)])
 def test_same_conv_matches_tf_rule_on_odd_and_even_sizes(size, kernel, stride):
     rng = np.random.RandomState(size + kernel)
-    x = rng.randn(2, size, size + 1).astype(np.float32)
     w = rng.randn(3, 2, kernel, kernel).astype(np.float32)
-    sym, hw = conv(mx.sym.Variable("data"), "c", (size, size + 1), 3, kernel, stride)
-    out = sym.bind(mx.cpu(), {"data": mx.nd.array(x[None]), "c_weight": mx.nd.array(w)}).forward()[0].asnumpy()
-    ref = _tf_same_conv_numpy(x.astype(np.float64), w.astype(np.float64), stride)
-    assert out.shape[2:] == hw == ref.shape[1:]
-    np.testing.assert_allclose(out[0], ref, atol=1e-4)
+    # in_channels lets stride 2 on even sizes use the (k+1) kernel with a zero first row and column
+    # in the inference graph; without it (and in the portable graph) the input is padded.
+    for width in (size, size + 1):
+        x = rng.randn(2, size, width).astype(np.float32)
+        ref = _tf_same_conv_numpy(x.astype(np.float64), w.astype(np.float64), stride)
+        for target, in_channels in (("inference", 2), ("inference", None), ("portable", 2)):
+            with graph_target(target):
+                sym, hw = conv(mx.sym.Variable("data"), "c", (size, width), 3, kernel, stride,
+                               in_channels=in_channels)
+            grown = '"kernel": "(%d, %d)"' % (kernel + 1, kernel + 1) in sym.tojson()
+            out = sym.bind(mx.cpu(), {"data": mx.nd.array(x[None]), "c_weight": mx.nd.array(w)}).forward()[0]
+            assert out.shape[2:] == hw == ref.shape[1:]
+            np.testing.assert_allclose(out.asnumpy()[0], ref, atol=1e-4)
+            assert grown == (target == "inference" and in_channels is not None and stride == 2
+                             and size % 2 == 0 and width % 2 == 0)
+
+
+def test_graph_forms_give_the_portable_outputs_over_calls_and_batches():
+    """The oneDNN forms (layers.FORMS) compute what the plain graph computes, image after image:
+    a form that cached a per-image value (the SE gate) would repeat the first image's answer."""
+    sets = ["DatasetParam.image_size=(96, 128)", "NeckParam.repeats=1", "HeadParam.repeats=1"]
+    cfg = load_config("config/quickstart.py", sets, is_train=False)
+    images = np.random.RandomState(0).randn(4, 3, 96, 128).astype(np.float32)
+    outs, params = {}, None
+    for target, batch in (("portable", 1), ("inference", 1), ("inference", 2)):
+        cfg.General.batch_image = batch
+        with graph_target(target):
+            mod = mx.mod.Module(get_raw_symbol(cfg), label_names=None)
+        mod.bind([("data", (batch, 3, 96, 128))], for_training=False)
+        if params is None:
+            mx.random.seed(0)
+            mod.init_params(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2.0))
+            params = mod.get_params()
+        mod.set_params(*params)
+        got = []
+        for i in range(0, len(images), batch):
+            mod.forward(mx.io.DataBatch([mx.nd.array(images[i:i + batch])]), is_train=False)
+            got.append(np.concatenate([o.asnumpy().reshape(batch, -1) for o in mod.get_outputs()], 1))
+        outs[target, batch] = np.concatenate(got)
+    ref = outs["portable", 1]
+    assert np.abs(ref[0] - ref[1]).max() > 1e-2          # the images give different outputs
+    for key, out in outs.items():
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max(), err_msg=str(key))
 
 
 def test_max_pool_same_pads_with_minus_infinity():

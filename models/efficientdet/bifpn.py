@@ -8,8 +8,8 @@ Parameter names:
 """
 import mxnet as mx
 
-from models.efficientdet.layers import (batchnorm, bn_args, conv_bn, max_pool, onednn_forms, separable_conv,
-                                       swish, upsample_to)
+from models.efficientdet.layers import (batchnorm, bn_args, conv_bn, max_pool, separable_conv,
+                                       swish, upsample_to, uses)
 
 
 def bifpn_nodes(min_level, max_level):
@@ -49,7 +49,7 @@ def _fuse(name, inputs, fusion, width):
         raise ValueError("unknown BiFPN fusion '%s' (fast | softmax | sum)" % fusion)
     weights = [mx.sym.reshape(mx.sym.slice_axis(w, axis=0, begin=i, end=i + 1), shape=(1, 1, 1, 1))
                for i in range(len(inputs))]
-    if not onednn_forms():
+    if not uses("conv_scale"):
         return mx.sym.add_n(*[mx.sym.broadcast_mul(x, wi) for x, wi in zip(inputs, weights)])
     # Each input times its weight as a depthwise 1x1 conv with that weight in every channel:
     # oneDNN keeps it in blocked layout, where broadcast_mul would convert to plain and back.

@@ -6,6 +6,7 @@ import mxnet as mx
 from models.efficientdet.backbone import pyramid_features
 from models.efficientdet.bifpn import bifpn
 from models.efficientdet.head import efficientdet_head
+from models.efficientdet.layers import graph_target
 from models.efficientdet.loss import detection_loss
 from models.efficientdet.nasfpn import nasfpn
 from models.efficientdet.postprocess import flat_predictions, postprocess
@@ -46,7 +47,8 @@ def get_train_symbol(cfg):
     data = mx.sym.Variable("data")
     if cfg.General.fp16:
         data = mx.sym.Cast(data, dtype="float16")
-    cls, box = build_network(cfg, data)
+    with graph_target("training"):
+        cls, box = build_network(cfg, data)
     cls, box = [cls[l] for l in sorted(cls)], [box[l] for l in sorted(box)]
     if cfg.General.fp16:
         cls = [mx.sym.Cast(x, dtype="float32") for x in cls]

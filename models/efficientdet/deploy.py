@@ -17,7 +17,7 @@ import numpy as np
 
 from core.transforms import DetTransform
 from models.efficientdet.builder import get_test_symbol
-from models.efficientdet.layers import portable_graph
+from models.efficientdet.layers import graph_target
 
 
 def _channel_const(values):
@@ -29,12 +29,12 @@ def _channel_const(values):
 def get_deploy_symbol(cfg, portable=False):
     """get_test_symbol with the normalisation ((x - mean) / std, NormalizeParam) in front.
 
-    portable: build with plain ops only (layers.portable_graph), the form ONNX export needs; the
+    portable: build with plain ops only (layers.FORMS), the form ONNX export needs; the
     default is the form that runs fastest in MXNet. Both take the same parameters and give the
     same outputs; the default is built for General.batch_image images per call.
     """
     if portable:
-        with portable_graph():
+        with graph_target("portable"):
             return get_deploy_symbol(cfg)
     raw = mx.sym.Variable("data")
     mean = _channel_const(cfg.NormalizeParam.mean)

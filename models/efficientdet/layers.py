@@ -8,23 +8,33 @@ import contextlib
 
 import mxnet as mx
 
-# Graph forms chosen for oneDNN (see conv, swish, channel_scale, spatial_mean); False gives the
-# plain forms instead, which MXNet's ONNX exporter can translate (onnxruntime fuses by itself).
-_ONEDNN_FORMS = [True]
+# Graph forms that run fastest on oneDNN, per build target; each gives the same outputs as the
+# plain form. Measured per target with scripts/profile_forward.py: oneDNN's depthwise backward has
+# no fast kernel for the 4x4 / 6x6 kernels of "padded_kernel", so training keeps the explicit Pad.
+# The "portable" target uses plain ops only: what MXNet's ONNX exporter can translate.
+FORMS = {
+    "inference": {"padded_kernel", "full_pool", "plain_swish", "conv_scale", "fc_mean"},
+    "training": {"full_pool", "plain_swish", "conv_scale", "fc_mean"},
+    "portable": set(),
+}
+_TARGET = ["inference"]
 
 
 @contextlib.contextmanager
-def portable_graph():
-    """Build symbols inside this block with plain ops only (for ONNX export); same outputs."""
-    _ONEDNN_FORMS.append(False)
+def graph_target(target):
+    """Build symbols inside this block for `target` (a key of FORMS)."""
+    if target not in FORMS:
+        raise ValueError("unknown graph target %r (%s)" % (target, ", ".join(FORMS)))
+    _TARGET.append(target)
     try:
         yield
     finally:
-        _ONEDNN_FORMS.pop()
+        _TARGET.pop()
 
 
-def onednn_forms():
-    return _ONEDNN_FORMS[-1]
+def uses(form):
+    """True if the symbols being built use `form` (see FORMS)."""
+    return form in FORMS[_TARGET[-1]]
 
 
 def same_pad(size, kernel, stride):
@@ -64,7 +74,7 @@ def conv(data, name, hw, num_filter, kernel=1, stride=1, groups=1, bias=False,
     """
     per_group = 1 if groups == num_filter else (in_channels // groups if in_channels else None)
     kwargs = {"bias": bias_var} if bias and bias_var is not None else {}
-    if onednn_forms() and weight is None and per_group and _one_more_after(hw, kernel, stride, kernel + 1):
+    if uses("padded_kernel") and weight is None and per_group and _one_more_after(hw, kernel, stride, kernel + 1):
         # A (k+1) x (k+1) kernel whose first row and column are zero, padded symmetrically by the
         # larger SAME pad, reads exactly the pixels of the k x k SAME conv. The zero row is added
         # in the graph, so `{name}_weight` keeps its (O, I/g, k, k) shape in checkpoints.
@@ -103,36 +113,39 @@ def swish(data):
     lets sigmoid and the product run on plain data, instead of the product's fallback converting
     both x and sigmoid(x) from the convolution's blocked layout.
     """
-    if onednn_forms():
+    if uses("plain_swish"):
         data = mx.sym.reshape(data, shape=(0, 0, 0, 0))
     return data * sigmoid(data)
 
 
 def channel_scale(data, scale, channels, hw, batch):
-    """data (N, C, H, W) times scale (N, C, 1, 1) (the SE gate), as a depthwise 1x1 convolution
+    """data (N, C, H, W) times scale (N, C, 1, 1) (the SE gate), as a depthwise 1x1 deconvolution
     whose weights are the scales, with the N images folded into one image of N*C channels.
 
     oneDNN runs it in blocked layout and its backward is a convolution's; broadcast_mul needs
-    plain layout and its backward is a slow generic reduction. `batch` (N) must be the bound batch.
+    plain layout and its backward is a slow generic reduction. Deconvolution, not Convolution:
+    the oneDNN subgraph backend folds an inference Convolution's weights once and reuses them,
+    which would apply the first image's gate to every later image. `batch` (N) must be the bound
+    batch.
     """
-    if not onednn_forms():
+    if not uses("conv_scale"):
         return mx.sym.broadcast_mul(data, scale)
     h, w = hw
     # (N, C, 1, 1) -> (N*C, 1, 1, 1) by merging axes, not by a target shape: a graph bound at
-    # another batch then fails the convolution's shape check instead of being silently wrong.
+    # another batch then fails the deconvolution's shape check instead of being silently wrong.
     weight = mx.sym.expand_dims(mx.sym.reshape(scale, shape=(-3, -2)), axis=1)
     if batch == 1:  # no reshape: it would break oneDNN's in-place reuse of the buffers around it
-        return mx.sym.Convolution(data, weight=weight, num_filter=channels, num_group=channels,
-                                  kernel=(1, 1), no_bias=True)
-    out = mx.sym.Convolution(mx.sym.reshape(data, shape=(1, -1, h, w)), weight=weight, kernel=(1, 1),
-                             num_filter=batch * channels, num_group=batch * channels, no_bias=True)
+        return mx.sym.Deconvolution(data, weight=weight, num_filter=channels, num_group=channels,
+                                    kernel=(1, 1), no_bias=True)
+    out = mx.sym.Deconvolution(mx.sym.reshape(data, shape=(1, -1, h, w)), weight=weight, kernel=(1, 1),
+                               num_filter=batch * channels, num_group=batch * channels, no_bias=True)
     return mx.sym.reshape(out, shape=(-1, channels, h, w))
 
 
 def spatial_mean(data, channels, hw):
     """Mean over H and W: (N, C, H, W) -> (N, C, 1, 1), as a matrix product with a constant 1/(H*W)
     column. Global average Pooling gives the same value, but its backward takes ~25x longer."""
-    if not onednn_forms():
+    if not uses("fc_mean"):
         return mx.sym.Pooling(data, global_pool=True, pool_type="avg", kernel=(1, 1))
     h, w = hw
     column = mx.sym.ones(shape=(1, h * w)) / float(h * w)
@@ -147,7 +160,7 @@ def max_pool(data, hw, kernel=3, stride=2):
     When SAME pads one more row and column after than before, the "full" convention (windows
     clipped at the far edge) gives the same windows without a padded copy of the input.
     """
-    if onednn_forms() and _one_more_after(hw, kernel, stride, kernel):
+    if uses("full_pool") and _one_more_after(hw, kernel, stride, kernel):
         (t, _, oh), (l, _, ow) = same_pad(hw[0], kernel, stride), same_pad(hw[1], kernel, stride)
         out = mx.sym.Pooling(data, kernel=(kernel, kernel), stride=(stride, stride), pad=(t, l),
                              pool_type="max", pooling_convention="full")
