@@ -150,7 +150,7 @@ def main():
             sets += ["TestParam.nms_type=hard", "TestParam.nms_thresh=0.5", "TestParam.score_thresh=0.0",
                      "TestParam.topk_candidates=%d" % meta.get("max_detection_points", 5000),
                      "TestParam.max_det=%d" % meta.get("max_det_per_image", 100)]
-        cfg = load_config(args.config, sets, is_train=False)
+        cfg = load_config(args.config, list(sets) + ["General.batch_image=1"], is_train=False)  # one fixture image
         if meta:
             check_meta(cfg, meta)
         sym, names = detection_model(cfg)

@@ -72,7 +72,8 @@ def main():
         stats = classifier_stats(args.classifier)
     else:
         sets = args.sets + (["DatasetParam.num_classes=%d" % args.num_classes] if args.num_classes else [])
-        stats = detection_stats(load_config(args.config, sets, is_train=False))
+        # Statistics are per image: build the graph for batch 1, the shape they are read at.
+        stats = detection_stats(load_config(args.config, sets + ["General.batch_image=1"], is_train=False))
     if args.json:
         print(json.dumps(stats))
         return 0

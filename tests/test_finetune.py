@@ -38,7 +38,8 @@ def _strip_module():
 
 def _random_params(config, sets, num_classes):
     """({arg: NDArray}, {aux: NDArray}) of random weights for the raw model of config + sets."""
-    cfg = load_config(config, sets + ["DatasetParam.num_classes=%d" % num_classes], is_train=False)
+    cfg = load_config(config, sets + ["DatasetParam.num_classes=%d" % num_classes, "General.batch_image=1"],
+                      is_train=False)
     arg_shapes, aux_shapes = param_shapes(get_raw_symbol(cfg), (1, 3) + tuple(cfg.DatasetParam.image_size))
     rng = np.random.RandomState(0)
     arg = {k: mx.nd.array(rng.normal(0, 0.05, s)) for k, s in arg_shapes.items()}
@@ -93,7 +94,7 @@ def test_strip_keep_box_and_num_classes(tmp_path):
     res = run_script(["scripts/strip_head.py", "--src", src, "--out", out, "--num-classes", "3"], timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     new = {k[4:]: v.asnumpy() for k, v in mx.nd.load(out).items()}
-    want, _ = param_shapes(get_raw_symbol(load_config("config/quickstart.py", TINY + ["DatasetParam.num_classes=3"],
+    want, _ = param_shapes(get_raw_symbol(load_config("config/quickstart.py", TINY + ["DatasetParam.num_classes=3", "General.batch_image=1"],
                                                       is_train=False)), (1, 3, 128, 128))
     assert {k: v.shape for k, v in new.items() if k in want} == want        # fits the 3-class model
     assert new["cls_pred_weight"].shape == (9 * 3, 64, 1, 1)
