@@ -148,9 +148,10 @@ def spatial_mean(data, channels, hw):
     if not uses("fc_mean"):
         return mx.sym.Pooling(data, global_pool=True, pool_type="avg", kernel=(1, 1))
     h, w = hw
-    column = mx.sym.ones(shape=(1, h * w)) / float(h * w)
-    out = mx.sym.FullyConnected(mx.sym.reshape(data, shape=(-1, h * w)), weight=column, num_hidden=1,
-                                no_bias=True)
+    rows = mx.sym.reshape(data, shape=(-1, h * w))
+    # The constant is made from the data so that it takes the data's dtype (fp16 training).
+    column = mx.sym.ones_like(mx.sym.slice_axis(rows, axis=0, begin=0, end=1)) / float(h * w)
+    out = mx.sym.FullyConnected(rows, weight=column, num_hidden=1, no_bias=True)
     return mx.sym.reshape(out, shape=(-1, channels, 1, 1))
 
 
