@@ -119,26 +119,24 @@ def swish(data):
 
 
 def channel_scale(data, scale, channels, hw, batch):
-    """data (N, C, H, W) times scale (N, C, 1, 1) (the SE gate), as a depthwise 1x1 deconvolution
-    whose weights are the scales, with the N images folded into one image of N*C channels.
+    """data (N, C, H, W) times scale (N, C, 1, 1) (the SE gate), as a depthwise convolution whose
+    weights are the scales, over the N images folded into one row of N*C channels of H*W pixels.
 
-    oneDNN runs it in blocked layout and its backward is a convolution's; broadcast_mul needs
-    plain layout and its backward is a slow generic reduction. Deconvolution, not Convolution:
-    the oneDNN subgraph backend folds an inference Convolution's weights once and reuses them,
+    oneDNN runs it without a plain-layout round trip and its backward is a convolution's;
+    broadcast_mul's backward is a slow generic reduction. The convolution is 1-D on purpose: the
+    oneDNN subgraph backend takes over 2-D inference convolutions and folds their weights once,
     which would apply the first image's gate to every later image. `batch` (N) must be the bound
     batch.
     """
     if not uses("conv_scale"):
         return mx.sym.broadcast_mul(data, scale)
     h, w = hw
-    # (N, C, 1, 1) -> (N*C, 1, 1, 1) by merging axes, not by a target shape: a graph bound at
-    # another batch then fails the deconvolution's shape check instead of being silently wrong.
-    weight = mx.sym.expand_dims(mx.sym.reshape(scale, shape=(-3, -2)), axis=1)
-    if batch == 1:  # no reshape: it would break oneDNN's in-place reuse of the buffers around it
-        return mx.sym.Deconvolution(data, weight=weight, num_filter=channels, num_group=channels,
-                                    kernel=(1, 1), no_bias=True)
-    out = mx.sym.Deconvolution(mx.sym.reshape(data, shape=(1, -1, h, w)), weight=weight, kernel=(1, 1),
-                               num_filter=batch * channels, num_group=batch * channels, no_bias=True)
+    # Shapes by merging axes, not by target shapes: a graph bound at another batch then fails the
+    # convolution's shape check instead of being silently wrong.
+    weight = mx.sym.reshape(scale, shape=(-3, -2))                         # (N*C, 1, 1)
+    rows = mx.sym.expand_dims(mx.sym.reshape(data, shape=(-3, -3)), axis=0)  # (1, N*C, H*W)
+    out = mx.sym.Convolution(rows, weight=weight, kernel=(1,), num_filter=batch * channels,
+                             num_group=batch * channels, no_bias=True)
     return mx.sym.reshape(out, shape=(-1, channels, h, w))
 
 
