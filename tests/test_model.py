@@ -177,10 +177,12 @@ def test_max_pool_same_pads_with_minus_infinity():
 def test_upsample_matches_nearest_resize(size):
     out_size = 2 * size - 1 if size > 1 else 2  # ceil-halving pyramids give 2n-1 or 2n
     x = np.random.RandomState(0).randn(1, 1, size, size).astype(np.float32)
-    sym = upsample_to(mx.sym.Variable("data"), (size, size), (out_size, out_size))
-    out = sym.bind(mx.cpu(), {"data": mx.nd.array(x)}).forward()[0].asnumpy()
     idx = (np.arange(out_size) * size / out_size).astype(int)  # torch nearest: floor(i * in / out)
-    np.testing.assert_array_equal(out[0, 0], x[0, 0][np.ix_(idx, idx)])
+    for target in ("inference", "portable"):        # 2x2 unit deconvolution, UpSampling
+        with graph_target(target):
+            sym = upsample_to(mx.sym.Variable("data"), (size, size), (out_size, out_size), 1)
+        out = sym.bind(mx.cpu(), {"data": mx.nd.array(x)}).forward()[0].asnumpy()
+        np.testing.assert_array_equal(out[0, 0], x[0, 0][np.ix_(idx, idx)])
 
 
 def test_odd_input_size_pyramid_shapes():

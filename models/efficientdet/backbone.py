@@ -11,7 +11,7 @@ Stages and units count from 1, so "freeze stages 1..k" is the pattern `^stage[1-
 """
 import mxnet as mx
 
-from models.efficientdet.layers import channel_scale, conv, conv_bn, sigmoid, spatial_mean, swish
+from models.efficientdet.layers import channel_scale, conv_bn, pointwise_on_pixel, sigmoid, spatial_mean, swish
 from models.efficientdet.scaling import (EFFICIENTNET_PARAMS, HEAD_CHANNELS, SE_RATIO,
                                          STEM_CHANNELS, round_filters, scaled_stages)
 
@@ -32,8 +32,8 @@ def mbconv(data, name, hw, in_ch, out_ch, kernel, stride, expand, drop_rate, bn,
         x, out_hw = conv_bn(x, name + "_expand", out_hw, mid, 1, **bn)
     x, out_hw = conv_bn(x, name + "_dw", out_hw, mid, kernel, stride, groups=mid, **bn)
     reduced = max(1, int(in_ch * SE_RATIO))
-    s, _ = conv(spatial_mean(x, mid, out_hw), name + "_se_reduce", (1, 1), reduced, bias=True)
-    s, _ = conv(swish(s), name + "_se_expand", (1, 1), mid, bias=True)
+    s = pointwise_on_pixel(spatial_mean(x, mid, out_hw), name + "_se_reduce", mid, reduced)
+    s = pointwise_on_pixel(swish(s), name + "_se_expand", reduced, mid)
     x = channel_scale(x, sigmoid(s), mid, out_hw, batch)
     x, out_hw = conv_bn(x, name + "_project", out_hw, out_ch, 1, act=False, **bn)
     if stride == 1 and in_ch == out_ch:

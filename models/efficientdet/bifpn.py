@@ -71,7 +71,7 @@ def _resample(x, ch, hw, level, target_level, target_hw, width, name, bn):
         level += 1
     if level > target_level:
         assert level == target_level + 1, "BiFPN edges span one level"
-        x, hw = upsample_to(x, hw, target_hw), target_hw
+        x, hw = upsample_to(x, hw, target_hw, width), target_hw
     return x
 
 

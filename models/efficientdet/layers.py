@@ -13,8 +13,9 @@ import mxnet as mx
 # no fast kernel for the 4x4 / 6x6 kernels of "padded_kernel", so training keeps the explicit Pad.
 # The "portable" target uses plain ops only: what MXNet's ONNX exporter can translate.
 FORMS = {
-    "inference": {"padded_kernel", "full_pool", "plain_swish", "conv_scale", "fc_mean"},
-    "training": {"full_pool", "plain_swish", "conv_scale", "fc_mean"},
+    "inference": {"padded_kernel", "full_pool", "plain_swish", "conv_scale", "fc_mean", "dense_se",
+                  "deconv_upsample"},
+    "training": {"full_pool", "plain_swish", "conv_scale", "fc_mean", "dense_se"},
     "portable": set(),
 }
 _TARGET = ["inference"]
@@ -140,6 +141,21 @@ def channel_scale(data, scale, channels, hw, batch):
     return mx.sym.reshape(out, shape=(-1, channels, h, w))
 
 
+def pointwise_on_pixel(data, name, in_channels, num_filter):
+    """1x1 conv with bias on one pixel per image (the SE convs): (N, in_channels, 1, 1) ->
+    (N, num_filter, 1, 1), params `{name}_weight` (O, I, 1, 1) and `{name}_bias`.
+
+    The "dense_se" form runs it as FullyConnected on the same parameters: oneDNN's convolution has
+    no fast kernel for 1x1 images and falls back to a generic GEMM path.
+    """
+    if not uses("dense_se"):
+        return conv(data, name, (1, 1), num_filter, bias=True)[0]
+    weight = mx.sym.Variable(name + "_weight", shape=(num_filter, in_channels, 1, 1))
+    out = mx.sym.FullyConnected(data, weight=mx.sym.reshape(weight, shape=(num_filter, in_channels)),
+                                bias=mx.sym.Variable(name + "_bias"), num_hidden=num_filter)
+    return mx.sym.reshape(out, shape=(0, 0, 1, 1))
+
+
 def spatial_mean(data, channels, hw):
     """Mean over H and W: (N, C, H, W) -> (N, C, 1, 1), as a matrix product with a constant 1/(H*W)
     column. Global average Pooling gives the same value, but its backward takes ~25x longer."""
@@ -170,9 +186,18 @@ def max_pool(data, hw, kernel=3, stride=2):
     return out, out_hw
 
 
-def upsample_to(data, hw, out_hw):
-    """Nearest 2x upsample, cropped to `out_hw` (equals torch's nearest resize to a size of ceil(2x))."""
-    out = mx.sym.UpSampling(data, scale=2, sample_type="nearest", num_args=1)
+def upsample_to(data, hw, out_hw, channels):
+    """Nearest 2x upsample of (N, channels, H, W), cropped to `out_hw` (equals torch's nearest
+    resize to a size of ceil(2x)).
+
+    The "deconv_upsample" form is a depthwise 2x2 stride-2 deconvolution with unit weights (each
+    pixel copied to its 2x2 block), which oneDNN runs in blocked layout; UpSampling needs plain.
+    """
+    if uses("deconv_upsample"):
+        out = mx.sym.Deconvolution(data, weight=mx.sym.ones((channels, 1, 2, 2)), kernel=(2, 2), stride=(2, 2),
+                                   num_filter=channels, num_group=channels, no_bias=True)
+    else:
+        out = mx.sym.UpSampling(data, scale=2, sample_type="nearest", num_args=1)
     if (2 * hw[0], 2 * hw[1]) != tuple(out_hw):
         out = mx.sym.slice(out, begin=(None, None, 0, 0), end=(None, None, out_hw[0], out_hw[1]))
     return out
