@@ -14,6 +14,7 @@ def get_config(is_train):
         "BackboneParam.bn_momentum": 0.9,
         "NeckParam.repeats": 2,
         "HeadParam.repeats": 2,
+        "AnchorParam.scale": 2.0,
         "DatasetParam.num_classes": 5,
         "DatasetParam.image_size": (256, 256),
         "DatasetParam.train_roidb": "data/synthetic/train_roidb.json",
