@@ -35,6 +35,13 @@ def test_onnx_round_trip_matches_mxnet(exported):
     box, rel, score, unpaired = float(line.group(1)), float(line.group(2)), float(line.group(3)), int(line.group(4))
     assert box < 0.05 and rel < 1e-4 and score < 1e-4 and unpaired == 0
     assert re.search(r", (\d+) detections", res.stdout).group(1) == "100"
+    # SAME padding went into the convolutions' and max-pools' own pads (utils/onnx_export.fold_pads).
+    import onnx
+    model = onnx.load(prefix + ".onnx")
+    padded = {n.output[0] for n in model.graph.node if n.op_type == "Pad"}
+    assert not [n for n in model.graph.node if n.op_type in ("Conv", "MaxPool") and n.input[0] in padded]
+    assert any(len(set(a.ints)) > 1 for n in model.graph.node if n.op_type == "Conv"
+               for a in n.attribute if a.name == "pads")          # asymmetric (0, 0, 1, 1) pads
 
 
 def test_export_carries_the_class_names(exported):

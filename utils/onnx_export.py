@@ -58,6 +58,7 @@ def export_onnx(sym, params, input_shapes, path, metadata=None):
         inputs = [i for i in model.graph.input if i.name not in weights]
         del model.graph.input[:]
         model.graph.input.extend(inputs)
+        fold_pads(model)
         for key, value in (metadata or {}).items():
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
@@ -65,6 +66,48 @@ def export_onnx(sym, params, input_shapes, path, metadata=None):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write(path, write)
     return path
+
+
+def fold_pads(model):
+    """Merge each spatial Pad that feeds only Conv (pad value 0) or MaxPool (-inf) nodes into their
+    `pads` attribute, in place. ONNX takes asymmetric pads on the op itself, which MXNet cannot
+    express (TF SAME pads one more after than before), and a separate Pad breaks onnxruntime's
+    blocked-layout chain with two reorders. Returns the number of Pads removed."""
+    from onnx import helper, numpy_helper
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    consumers = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    removed = []
+    for pad in [n for n in model.graph.node if n.op_type == "Pad"]:
+        users = consumers.get(pad.output[0], [])
+        mode = [a.s for a in pad.attribute if a.name == "mode"]
+        if not users or mode not in ([], [b"constant"]) or pad.input[1] not in init:
+            continue
+        widths = init[pad.input[1]].astype(int).tolist()
+        value = float(init[pad.input[2]]) if len(pad.input) > 2 and pad.input[2] in init else 0.0
+        wanted = {"Conv": 0.0, "MaxPool": float("-inf")}
+        if len(widths) != 8 or any(widths[i] for i in (0, 1, 4, 5)) or \
+                any(u.op_type not in wanted or wanted[u.op_type] != value for u in users):
+            continue
+        extra = [widths[2], widths[3], widths[6], widths[7]]          # top, left, bottom, right
+        for user in users:
+            attrs = {a.name: a for a in user.attribute}
+            if "auto_pad" in attrs and attrs["auto_pad"].s not in (b"", b"NOTSET"):
+                break
+        else:
+            for user in users:
+                old = [a for a in user.attribute if a.name == "pads"]
+                pads = list(old[0].ints) if old else [0, 0, 0, 0]
+                if old:
+                    user.attribute.remove(old[0])
+                user.attribute.append(helper.make_attribute("pads", [a + b for a, b in zip(pads, extra)]))
+                user.input[0] = pad.input[0]
+            removed.append(pad)
+    for pad in removed:
+        model.graph.node.remove(pad)
+    return len(removed)
 
 
 def ort_session(path, threads=None):
@@ -78,4 +121,7 @@ def ort_session(path, threads=None):
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     options.intra_op_num_threads = threads or cores
     options.log_severity_level = 3
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    # onnxruntime fuses x * sigmoid(x) into QuickGelu, which its blocked-layout (NCHWc) convolutions
+    # cannot chain with: two reorders around each. Sigmoid and Mul unfused measured ~6% faster on D0.
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=["QuickGeluFusion"])
