@@ -67,6 +67,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args()
     cfg = load_config(args.config, args.sets, is_train=False)
+    cfg.General.batch_image = args.batch      # the graphs are built for their batch size
     shape = (args.batch, 3) + tuple(cfg.DatasetParam.image_size)
     data = mx.nd.random.uniform(-2, 2, shape=shape)
 
