@@ -224,11 +224,10 @@ def main(argv=None):
         hosts, root = None, "127.0.0.1"
         port = args.port or free_port()
         # ps-lite would advertise the address of the first network interface; loopback always works.
-        # The workers share this machine's cores: each gets its share of OpenMP threads, unpinned
-        # (utils/threads.py would otherwise bind every worker's threads to the same first cores).
-        threads = {k: os.environ.get(k, v) for k, v in (
-            ("OMP_NUM_THREADS", str(max(1, physical_cores() // args.num_workers))), ("OMP_PROC_BIND", "false"))}
-        extra = dict({"DMLC_NODE_HOST": "127.0.0.1"}, **threads, **extra)
+        # The workers share this machine's cores: each gets its share of OpenMP threads (utils/threads.py
+        # would otherwise give every worker all of them).
+        threads = os.environ.get("OMP_NUM_THREADS", str(max(1, physical_cores() // args.num_workers)))
+        extra = dict({"DMLC_NODE_HOST": "127.0.0.1", "OMP_NUM_THREADS": threads}, **extra)
     else:
         if not args.hostfile:
             parser.error("--launcher ssh needs -H HOSTFILE")
