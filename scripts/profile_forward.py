@@ -24,7 +24,6 @@ import json  # noqa: E402
 import tempfile  # noqa: E402
 
 import mxnet as mx  # noqa: E402
-import numpy as np  # noqa: E402
 
 from utils.config import add_config_args, load_config  # noqa: E402
 from utils.errors import run_cli  # noqa: E402

@@ -1,0 +1,32 @@
+"""The speed tools' plumbing (no timing): output parsing, the missing-reference error, profiling."""
+import importlib.util
+import os
+
+from conftest import REPO, run_script
+
+
+def _module(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "scripts", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ms_per_image_reads_every_timing_format():
+    bench = _module("benchmark_vs_reference")
+    assert bench.ms_per_image("d0 512x512 batch 1: median 118.3 ms/img (min 1)", 1) == 118.3
+    assert bench.ms_per_image("d0 512x512 batch 4: median 2.800 s/step, 1.4 img/s", 4) == 700.0
+    assert bench.ms_per_image("median ms/img: 171.9", 1) == 171.9
+
+
+def test_missing_reference_python_is_one_line(tmp_path):
+    res = run_script(["scripts/benchmark_vs_reference.py", "--ref-python", str(tmp_path / "nope" / "python")])
+    assert res.returncode != 0 and "setup_reference_env.sh" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_profile_forward_lists_operators():
+    res = run_script(["scripts/profile_forward.py", "--config", "config/quickstart.py", "--iters", "1",
+                      "--warmup", "1", "--set", "DatasetParam.image_size=(64, 64)", "--set", "NeckParam.repeats=1",
+                      "--set", "HeadParam.repeats=1"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "_sg_mkldnn_conv" in res.stdout and "total operator time" in res.stdout
