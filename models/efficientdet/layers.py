@@ -10,8 +10,9 @@ import mxnet as mx
 
 # Graph forms that run fastest on oneDNN, per build target; each gives the same outputs as the
 # plain form. Measured per target with scripts/profile_forward.py: oneDNN's depthwise backward has
-# no fast kernel for the 4x4 / 6x6 kernels of "padded_kernel", so training keeps the explicit Pad.
-# The "portable" target uses plain ops only: what MXNet's ONNX exporter can translate.
+# no fast kernel for the 4x4 / 6x6 kernels of "padded_kernel", so training keeps the explicit Pad;
+# "deconv_upsample" has a float32 constant weight, which fp16 training graphs cannot take, and was
+# measured for inference only. The "portable" target uses plain ops only: what MXNet's ONNX exporter can translate.
 FORMS = {
     "inference": {"padded_kernel", "full_pool", "plain_swish", "conv_scale", "fc_mean", "dense_se",
                   "deconv_upsample"},
