@@ -101,7 +101,8 @@ def main():
         mod = random_model(cfg, {k: v.shape for k, v in inputs.items()})
         arg, aux = mod.get_params()
         with tempfile.TemporaryDirectory() as tmp:
-            path = export_onnx(get_deploy_symbol(cfg, portable=True), dict(arg, **aux), [v.shape for v in inputs.values()],
+            path = export_onnx(get_deploy_symbol(cfg, portable=True), dict(arg, **aux),
+                               [v.shape for v in inputs.values()],
                                os.path.join(tmp, "model.onnx"))
             times = timed(onnx_runner(path, inputs), args.iters, args.warmup)
     per_img = np.array(times) * 1000.0 / args.batch

@@ -94,7 +94,8 @@ def test_strip_keep_box_and_num_classes(tmp_path):
     res = run_script(["scripts/strip_head.py", "--src", src, "--out", out, "--num-classes", "3"], timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     new = {k[4:]: v.asnumpy() for k, v in mx.nd.load(out).items()}
-    want, _ = param_shapes(get_raw_symbol(load_config("config/quickstart.py", TINY + ["DatasetParam.num_classes=3", "General.batch_image=1"],
+    want, _ = param_shapes(get_raw_symbol(load_config("config/quickstart.py",
+                                                      TINY + ["DatasetParam.num_classes=3", "General.batch_image=1"],
                                                       is_train=False)), (1, 3, 128, 128))
     assert {k: v.shape for k, v in new.items() if k in want} == want        # fits the 3-class model
     assert new["cls_pred_weight"].shape == (9 * 3, 64, 1, 1)

@@ -76,7 +76,8 @@ def conv(data, name, hw, num_filter, kernel=1, stride=1, groups=1, bias=False,
     """
     per_group = 1 if groups == num_filter else (in_channels // groups if in_channels else None)
     kwargs = {"bias": bias_var} if bias and bias_var is not None else {}
-    if uses("padded_kernel") and weight is None and per_group and _one_more_after(hw, kernel, stride, kernel + 1):
+    grow = uses("padded_kernel") and weight is None and per_group
+    if grow and _one_more_after(hw, kernel, stride, kernel + 1):
         # A (k+1) x (k+1) kernel whose first row and column are zero, padded symmetrically by the
         # larger SAME pad, reads exactly the pixels of the k x k SAME conv. The zero row is added
         # in the graph, so `{name}_weight` keeps its (O, I/g, k, k) shape in checkpoints.
