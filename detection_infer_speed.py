@@ -24,10 +24,10 @@ configure_threads()  # before mxnet is imported
 import mxnet as mx
 import numpy as np
 
-from models.efficientdet.deploy import get_deploy_symbol
+from models.efficientdet.deploy import export_deploy_onnx, get_deploy_symbol
 from utils.config import add_config_args, load_config
 from utils.errors import UserError, run_cli
-from utils.onnx_export import export_onnx, ort_session
+from utils.onnx_export import ort_session
 
 
 def random_model(cfg, shapes):
@@ -101,9 +101,7 @@ def main():
         mod = random_model(cfg, {k: v.shape for k, v in inputs.items()})
         arg, aux = mod.get_params()
         with tempfile.TemporaryDirectory() as tmp:
-            path = export_onnx(get_deploy_symbol(cfg, portable=True), dict(arg, **aux),
-                               [v.shape for v in inputs.values()],
-                               os.path.join(tmp, "model.onnx"))
+            path = export_deploy_onnx(cfg, dict(arg, **aux), args.batch, os.path.join(tmp, "model.onnx"))
             times = timed(onnx_runner(path, inputs), args.iters, args.warmup)
     per_img = np.array(times) * 1000.0 / args.batch
     print("%s %dx%d %s batch %d: median %.1f ms/img (min %.1f, max %.1f; %d iters after %d warm-up; "

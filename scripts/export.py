@@ -30,11 +30,11 @@ import numpy as np  # noqa: E402
 
 from core.synthetic import render_image  # noqa: E402
 from detection_test import check_params  # noqa: E402
-from models.efficientdet.deploy import get_deploy_symbol, prepare_image  # noqa: E402
+from models.efficientdet.deploy import export_deploy_onnx, get_deploy_symbol, prepare_image  # noqa: E402
 from utils.checkpoint import atomic_write, load_weights, save_epoch_params  # noqa: E402
 from utils.config import add_config_args, load_config  # noqa: E402
 from utils.errors import UserError, refuse_overwrite, run_cli  # noqa: E402
-from utils.onnx_export import export_onnx, ort_session  # noqa: E402
+from utils.onnx_export import ort_session  # noqa: E402
 
 
 def sample_batch(cfg, batch):
@@ -123,9 +123,8 @@ def main():
     print("wrote %s-symbol.json and %s-0000.params (inputs data (N, 3, %d, %d) RGB 0-255 padded with "
           "the mean colour, im_scale (N, 1))" % (args.out, args.out, H, W))
     if args.onnx:
-        path = export_onnx(get_deploy_symbol(cfg, portable=True), dict(arg, **aux),
-                           [shapes["data"], shapes["im_scale"]], args.out + ".onnx",
-                           {"class_names": json.dumps(class_names)} if class_names else None)
+        path = export_deploy_onnx(cfg, dict(arg, **aux), args.batch, args.out + ".onnx",
+                                  {"class_names": json.dumps(class_names)} if class_names else None)
         print("wrote %s (opset 13, batch %d)" % (path, args.batch))
         check_onnx(sym, arg, aux, cfg, path, args.batch)
     return 0

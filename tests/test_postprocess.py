@@ -12,8 +12,8 @@ from core.targets import decode_boxes
 from models.efficientdet.anchors import generate_anchors
 from models.efficientdet.builder import build_network, get_raw_symbol, get_test_symbol
 from models.efficientdet.loss import flatten_level_outputs
-from models.efficientdet.postprocess import (_top_pairs, flat_predictions, greedy_nms, match_detections,
-                                             postprocess)
+from models.efficientdet.postprocess import (_top_pairs, candidates, flat_predictions, greedy_nms,
+                                             match_detections, postprocess)
 
 D0 = "tf_efficientdet_d0_256.npz"
 
@@ -265,3 +265,29 @@ def test_onnx_export_of_postprocess_matches_mxnet(tmp_path):
     path = export_onnx(sym, {}, [cls_pred.shape, box_pred.shape, scale.shape], str(tmp_path / "post.onnx"))
     got = ort_session(path).run(None, {"cls_pred": cls_pred, "box_pred": box_pred, "im_scale": scale})[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("test", [{}, {"nms_thresh": 0.3, "score_thresh": 0.95},
+                                  {"topk_candidates": 30, "max_det": 40}])
+def test_onnx_nms_tail_matches_numpy_reference(tmp_path, test):
+    """The ONNX export's hard NMS (onnxruntime's NonMaxSuppression, utils/onnx_nms.py) gives the
+    detections of the reference NMS, as the MXNet graph does; also with fewer candidates than
+    max_det (padding) and with a score threshold."""
+    pytest.importorskip("onnxruntime")
+    from utils.onnx_export import export_onnx, ort_session
+    from utils.onnx_nms import append_class_nms
+    cfg = small_cfg((50, 77), **test)
+    t = cfg.TestParam
+    cls_pred, box_pred, scale = random_problem(cfg, batch=2)
+    outs = candidates(mx.sym.Variable("cls_pred"), mx.sym.Variable("box_pred"), cfg)
+    sym = mx.sym.Group([mx.sym.identity(o, name=n) for o, n in zip(outs, ("cand_boxes", "cand_logits", "cand_classes"))])
+    shapes = {"cls_pred": cls_pred.shape, "box_pred": box_pred.shape}
+    path = export_onnx(sym, {}, [shapes[n] for n in sym.list_inputs()], str(tmp_path / "nms.onnx"),
+                       edit=lambda m: append_class_nms(m, 3, t.max_det, t.nms_thresh, t.score_thresh))
+    got = ort_session(path).run(None, {"cls_pred": cls_pred, "box_pred": box_pred, "im_scale": scale})[0]
+    assert got.shape == (2, t.max_det, 6)
+    for n in range(2):
+        want = reference_detections(cls_pred[n], box_pred[n], anchors_of(cfg), cfg, scale[n, 0])
+        np.testing.assert_allclose(got[n], want, rtol=1e-5, atol=1e-4)
+        kept = (want[:, 4] >= 0).sum()
+        assert 0 < kept and (kept < t.max_det if test else kept == t.max_det)   # padding where expected

@@ -37,10 +37,11 @@ def forced_opset(version=OPSET):
         onnx.checker.DEFAULT_CONTEXT.opset_imports = saved_imports
 
 
-def export_onnx(sym, params, input_shapes, path, metadata=None):
+def export_onnx(sym, params, input_shapes, path, metadata=None, edit=None):
     """Write `sym` with `params` ({name: NDArray}) to `path` atomically; float32 inputs of
     `input_shapes` (one static shape per input, in sym.list_inputs() order); `metadata` {key: str}
-    goes into the model's metadata_props. Returns `path`.
+    goes into the model's metadata_props; `edit(model)` may change the onnx ModelProto before it is
+    written. Returns `path`.
 
     The exporter lists every weight as a graph input too, which makes onnxruntime treat them as
     overridable (no constant folding, one warning per weight); they are removed from the inputs.
@@ -59,6 +60,8 @@ def export_onnx(sym, params, input_shapes, path, metadata=None):
         del model.graph.input[:]
         model.graph.input.extend(inputs)
         fold_pads(model)
+        if edit is not None:
+            edit(model)
         for key, value in (metadata or {}).items():
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value

@@ -9,7 +9,7 @@ from models.efficientdet.head import efficientdet_head
 from models.efficientdet.layers import graph_target
 from models.efficientdet.loss import detection_loss
 from models.efficientdet.nasfpn import nasfpn
-from models.efficientdet.postprocess import flat_predictions, postprocess
+from models.efficientdet.postprocess import candidates, flat_predictions, postprocess
 from utils.pretrain import match_any
 
 NECKS = {"bifpn": bifpn, "nasfpn": nasfpn}
@@ -76,12 +76,15 @@ def freeze_bn_statistics(sym, patterns):
     return mx.sym.load_json(json.dumps(graph)) if changed else sym
 
 
-def get_test_symbol(cfg):
+def get_test_symbol(cfg, nms=True):
     """Inference symbol with post-processing in the graph (models/efficientdet/postprocess.py).
 
     Inputs `data` (N, 3, H, W) and `im_scale` (N, 1) (network input = original image * scale).
     Output `detections_output` (N, TestParam.max_det, 6): x1, y1, x2, y2 in original-image pixels,
     score, class (0-based contiguous), best first; padding rows are all -1.
+    nms=False stops before NMS: input `data` only, outputs `cand_boxes` (N, T, 4) x1, y1, x2, y2
+    in network-input pixels, `cand_logits` (N, T) best first and `cand_classes` (N, T), for a
+    runtime that has its own NMS (utils/onnx_nms.py).
     """
     data = mx.sym.Variable("data")
     if cfg.General.fp16:
@@ -91,4 +94,8 @@ def get_test_symbol(cfg):
                                 cfg.DatasetParam.num_classes)
     if cfg.General.fp16:
         cls, box = mx.sym.Cast(cls, dtype="float32"), mx.sym.Cast(box, dtype="float32")
+    if not nms:
+        outs = candidates(cls, box, cfg)
+        return mx.sym.Group([mx.sym.identity(o, name=n) for o, n in
+                             zip(outs, ("cand_boxes", "cand_logits", "cand_classes"))])
     return postprocess(cls, box, mx.sym.Variable("im_scale"), cfg)

@@ -18,6 +18,8 @@ import numpy as np
 from core.transforms import DetTransform
 from models.efficientdet.builder import get_test_symbol
 from models.efficientdet.layers import graph_target
+from utils.onnx_export import export_onnx
+from utils.onnx_nms import append_class_nms
 
 
 def _channel_const(values):
@@ -26,22 +28,23 @@ def _channel_const(values):
     return mx.sym.concat(*parts, dim=1)
 
 
-def get_deploy_symbol(cfg, portable=False):
+def get_deploy_symbol(cfg, portable=False, nms=True):
     """get_test_symbol with the normalisation ((x - mean) / std, NormalizeParam) in front.
 
     portable: build with plain ops only (layers.FORMS), the form ONNX export needs; the
     default is the form that runs fastest in MXNet. Both take the same parameters and give the
     same outputs; the default is built for General.batch_image images per call.
+    nms=False: the candidates before NMS instead of the detections (get_test_symbol).
     """
     if portable:
         with graph_target("portable"):
-            return get_deploy_symbol(cfg)
+            return get_deploy_symbol(cfg, nms=nms)
     raw = mx.sym.Variable("data")
     mean = _channel_const(cfg.NormalizeParam.mean)
     inv_std = _channel_const([1.0 / s for s in cfg.NormalizeParam.std])
     normalised = mx.sym.broadcast_mul(mx.sym.broadcast_sub(raw, mean), inv_std)
     # Composition replaces the test symbol's `data` variable by the normalised input.
-    return get_test_symbol(cfg)(data=normalised)
+    return get_test_symbol(cfg, nms)(data=normalised)
 
 
 def prepare_image(image_rgb, image_size, mean):
@@ -57,3 +60,18 @@ def prepare_image(image_rgb, image_size, mean):
               "classes": np.zeros(0, np.int32)}
     sample = DetTransform(image_size, mean, (1.0, 1.0, 1.0), train=False)(record)
     return sample["data"] + np.asarray(mean, np.float32)[:, None, None], sample["scale"]
+
+
+def export_deploy_onnx(cfg, params, batch, path, metadata=None):
+    """Write the deploy graph for `batch` images (static) as ONNX to `path`, with `params`
+    ({name: NDArray}); inputs `data` and `im_scale`, output `detections_output`, as the MXNet
+    deploy graph. Hard NMS runs as onnxruntime's NonMaxSuppression (utils/onnx_nms.py); soft-NMS
+    keeps the graph's own unrolled selection. Returns `path`."""
+    H, W = cfg.DatasetParam.image_size
+    t = cfg.TestParam
+    if t.nms_type != "hard":
+        return export_onnx(get_deploy_symbol(cfg, portable=True), params, [(batch, 3, H, W), (batch, 1)],
+                           path, metadata)
+    return export_onnx(get_deploy_symbol(cfg, portable=True, nms=False), params, [(batch, 3, H, W)], path,
+                       metadata, edit=lambda model: append_class_nms(
+                           model, cfg.DatasetParam.num_classes, t.max_det, t.nms_thresh, t.score_thresh))

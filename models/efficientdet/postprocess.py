@@ -232,6 +232,19 @@ def greedy_nms(boxes, scores, classes, max_det, nms_type="hard", iou_thresh=0.5,
     return mx.sym.concat(*picks, dim=1), mx.sym.concat(*values, dim=1)
 
 
+def candidates(cls_pred, box_pred, cfg):
+    """The top-T candidates of each image, before NMS (steps 1 and 2 of the module docstring).
+
+    cls_pred (N, A, C) logits and box_pred (N, A, 4) codes in anchor order (flat_predictions or
+    loss.flatten_level_outputs). Returns boxes (N, T, 4) x1, y1, x2, y2 in network-input pixels,
+    logits (N, T) best first, and classes (N, T) (float32, 0-based).
+    """
+    logits, rows, codes = select_candidates(cls_pred, box_pred, cfg, int(cfg.TestParam.topk_candidates))
+    boxes = decode(codes, mx.sym.slice_axis(rows, axis=2, begin=2, end=6))
+    classes = mx.sym.reshape(mx.sym.slice_axis(rows, axis=2, begin=0, end=1), shape=(0, -1))
+    return boxes, logits, classes
+
+
 def postprocess(cls_pred, box_pred, im_scale, cfg, name="detections"):
     """Detections (module docstring) from flattened head outputs.
 
@@ -241,9 +254,7 @@ def postprocess(cls_pred, box_pred, im_scale, cfg, name="detections"):
     Returns the (N, TestParam.max_det, 6) symbol named `name`.
     """
     t = cfg.TestParam
-    logits, rows, codes = select_candidates(cls_pred, box_pred, cfg, int(t.topk_candidates))
-    boxes = decode(codes, mx.sym.slice_axis(rows, axis=2, begin=2, end=6))
-    classes = mx.sym.reshape(mx.sym.slice_axis(rows, axis=2, begin=0, end=1), shape=(0, -1))
+    boxes, logits, classes = candidates(cls_pred, box_pred, cfg)
     picks, scores = greedy_nms(boxes, mx.sym.sigmoid(logits), classes, int(t.max_det), t.nms_type,
                                t.nms_thresh, t.soft_nms_sigma)
     neg_x1y1 = mx.sym.slice_axis(picks, axis=2, begin=0, end=2)
