@@ -42,6 +42,34 @@ def test_onnx_round_trip_matches_mxnet(exported):
     assert not [n for n in model.graph.node if n.op_type in ("Conv", "MaxPool") and n.input[0] in padded]
     assert any(len(set(a.ints)) > 1 for n in model.graph.node if n.op_type == "Conv"
                for a in n.attribute if a.name == "pads")          # asymmetric (0, 0, 1, 1) pads
+    # Upsampling in onnxruntime's blocked layout; hard NMS as its NonMaxSuppression (utils/onnx_nms.py).
+    resizes = [{a.name: a.s for a in n.attribute} for n in model.graph.node if n.op_type == "Resize"]
+    assert resizes and all(r["coordinate_transformation_mode"] == b"asymmetric" for r in resizes)
+    assert [n.op_type for n in model.graph.node].count("NonMaxSuppression") == 1
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+def test_floor_nearest_resize_equals_half_pixel(tmp_path, scale):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+    from utils.onnx_export import floor_nearest_resizes, ort_session
+    graph = helper.make_graph(
+        [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest",
+                          coordinate_transformation_mode="half_pixel")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5, 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([1, 1, scale, scale], np.float32), "scales")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.random.RandomState(0).normal(size=(1, 2, 5, 7)).astype(np.float32)
+    outs = []
+    for rewrite in (False, True):
+        if rewrite:
+            assert floor_nearest_resizes(model) == 1
+        onnx.save(model, str(tmp_path / "m.onnx"))
+        outs.append(ort_session(str(tmp_path / "m.onnx")).run(None, {"x": x})[0])
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[1], x.repeat(scale, 2).repeat(scale, 3))
 
 
 def test_export_carries_the_class_names(exported):

@@ -136,14 +136,14 @@ def test_same_conv_matches_tf_rule_on_odd_and_even_sizes(size, kernel, stride):
                              and size % 2 == 0 and width % 2 == 0)
 
 
-def test_graph_forms_give_the_portable_outputs_over_calls_and_batches():
+def test_graph_forms_give_the_plain_outputs_over_calls_and_batches():
     """The oneDNN forms (layers.FORMS) compute what the plain graph computes, image after image:
     a form that cached a per-image value (the SE gate) would repeat the first image's answer."""
     sets = ["DatasetParam.image_size=(96, 128)", "NeckParam.repeats=1", "HeadParam.repeats=1"]
     cfg = load_config("config/quickstart.py", sets, is_train=False)
     images = np.random.RandomState(0).randn(4, 3, 96, 128).astype(np.float32)
     outs, params = {}, None
-    for target, batch in (("portable", 1), ("inference", 1), ("inference", 2)):
+    for target, batch in (("plain", 1), ("portable", 1), ("inference", 1), ("inference", 2)):
         cfg.General.batch_image = batch
         with graph_target(target):
             mod = mx.mod.Module(get_raw_symbol(cfg), label_names=None)
@@ -158,7 +158,7 @@ def test_graph_forms_give_the_portable_outputs_over_calls_and_batches():
             mod.forward(mx.io.DataBatch([mx.nd.array(images[i:i + batch])]), is_train=False)
             got.append(np.concatenate([o.asnumpy().reshape(batch, -1) for o in mod.get_outputs()], 1))
         outs[target, batch] = np.concatenate(got)
-    ref = outs["portable", 1]
+    ref = outs["plain", 1]
     assert np.abs(ref[0] - ref[1]).max() > 1e-2          # the images give different outputs
     for key, out in outs.items():
         np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max(), err_msg=str(key))

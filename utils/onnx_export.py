@@ -60,6 +60,7 @@ def export_onnx(sym, params, input_shapes, path, metadata=None, edit=None):
         del model.graph.input[:]
         model.graph.input.extend(inputs)
         fold_pads(model)
+        floor_nearest_resizes(model)
         if edit is not None:
             edit(model)
         for key, value in (metadata or {}).items():
@@ -111,6 +112,34 @@ def fold_pads(model):
     for pad in removed:
         model.graph.node.remove(pad)
     return len(removed)
+
+
+def floor_nearest_resizes(model):
+    """Give each nearest-neighbour Resize with integer scales coordinate_transformation_mode
+    "asymmetric" and nearest_mode "floor", in place; returns how many changed.
+
+    The exporter writes "half_pixel" (round_prefer_floor). For an integer scale s, output pixel
+    i = q*s + r maps to q + (r + 0.5)/s - 0.5, which lies strictly within 0.5 of q: the same source
+    pixel q = floor(i / s) as "asymmetric" + "floor". onnxruntime runs only the latter in its
+    blocked layout (NCHWc); the former costs two layout reorders around every upsampling."""
+    from onnx import helper, numpy_helper
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    changed = 0
+    for node in model.graph.node:
+        attrs = {a.name: a for a in node.attribute}
+        if node.op_type != "Resize" or attrs.get("mode") is None or attrs["mode"].s != b"nearest":
+            continue
+        mode = attrs.get("coordinate_transformation_mode")
+        scales = init.get(node.input[2]) if len(node.input) > 2 else None
+        if (mode is not None and mode.s != b"half_pixel") or scales is None or scales.size == 0 \
+                or (scales < 1).any() or (scales != scales.round()).any() or "nearest_mode" in attrs:
+            continue
+        if mode is not None:
+            node.attribute.remove(mode)
+        node.attribute.extend([helper.make_attribute("coordinate_transformation_mode", "asymmetric"),
+                               helper.make_attribute("nearest_mode", "floor")])
+        changed += 1
+    return changed
 
 
 def ort_session(path, threads=None):

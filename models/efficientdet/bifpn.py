@@ -49,7 +49,7 @@ def _fuse(name, inputs, fusion, width):
         raise ValueError("unknown BiFPN fusion '%s' (fast | softmax | sum)" % fusion)
     weights = [mx.sym.reshape(mx.sym.slice_axis(w, axis=0, begin=i, end=i + 1), shape=(1, 1, 1, 1))
                for i in range(len(inputs))]
-    if not uses("conv_scale"):
+    if not uses("conv_fusion"):
         return mx.sym.add_n(*[mx.sym.broadcast_mul(x, wi) for x, wi in zip(inputs, weights)])
     # Each input times its weight as a depthwise 1x1 conv with that weight in every channel:
     # oneDNN keeps it in blocked layout, where broadcast_mul would convert to plain and back.
