@@ -32,7 +32,7 @@ import numpy as np
 from core.roidb import check_class_names, load_roidb
 from core.evaluate import write_json
 from core.transforms import ImageReadError, read_image
-from core.module import contexts
+from core.devices import contexts
 from detection_test import check_params
 from models.efficientdet.deploy import get_deploy_symbol, prepare_image
 from utils.checkpoint import atomic_write, load_weights

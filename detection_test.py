@@ -30,7 +30,7 @@ from tqdm import tqdm
 from core.roidb import check_class_names, load_config_roidb
 from core.evaluate import evaluate, format_per_class, to_coco_results, write_json
 from core.loader import DetectionLoader
-from core.module import contexts
+from core.devices import contexts
 from core.tta import eval_transform, merge_views, tta_views, unflip
 from models.efficientdet.builder import get_test_symbol
 from utils.checkpoint import load_weights

@@ -12,10 +12,8 @@ loss_curve.png and train.log.
 """
 import argparse
 import logging
-import math
 import os
 import sys
-import time
 import traceback
 
 from utils.threads import configure_threads
@@ -24,23 +22,24 @@ configure_threads()  # before mxnet is imported
 
 import mxnet as mx
 import numpy as np
-from tqdm import tqdm
 
 from core.dataset import load_config_roidb
+from core.devices import contexts
+from core.hooks import Checkpointer, EMAUpdate, InterruptHook, MetricsLogger, NonFiniteCheck, RunState, train_loop
 from core.loader import DetectionLoader
-from core.module import (TrainStep, build_optimizer, contexts, initializer, optimizer_states,
-                         restore_optimizer_states)
+from core.optimizer import build_optimizer, initializer, restore_optimizer_states
+from core.train_step import TrainStep
 from core.targets import make_target_fn
 from core.transforms import build_transform
 from models.efficientdet.builder import get_train_symbol
 from models.efficientdet.stats import param_shapes
-from utils.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from utils.checkpoint import latest_checkpoint, load_checkpoint
 from utils.config import add_config_args, load_config
 from utils.ema import ExponentialMovingAverage
 from utils.errors import UserError, refuse_overwrite, run_cli
-from utils.logger import MetricsWriter, plot_loss_curve, setup_logger
+from utils.logger import setup_logger
 from utils.pretrain import fixed_param_names, load_pretrained
-from utils.resume import StopOnInterrupt, describe, guarded, resume_position, stop_interrupted
+from utils.resume import describe, guarded, resume_position
 
 logger = logging.getLogger("train")
 dist_kvstore = None   # held by the module, not by main(): see run_worker
@@ -120,18 +119,56 @@ def initial_params(cfg, sym, input_shapes, manifest):
     return arg, aux, None, None
 
 
-def save(mod, ema, exp_dir, cfg, epoch, iteration, batch_in_epoch, step, epoch_end, run):
-    """Checkpoint the position; `run` holds "class_names" and "iters_per_epoch" to record with it. A
-    failed write (full disk) is one line naming the last good checkpoint."""
-    def write():
-        arg, aux = mod.get_params()
-        save_checkpoint(exp_dir, epoch, iteration, arg, aux, optimizer_states(mod, exp_dir),
-                        ema.state_dict() if ema else None,
-                        extra={"batch_in_epoch": batch_in_epoch, "loss_scale": step.loss_scale,
-                               "iters_per_epoch": run["iters_per_epoch"]},
-                        epoch_prefix=os.path.join(exp_dir, cfg.General.name) if epoch_end else None,
-                        keep_last=cfg.General.keep_last, class_names=run["class_names"])
-    guarded("saving the checkpoint of epoch %d iteration %d" % (epoch, iteration), exp_dir, write)
+def open_run(args, cfg, exp_dir):
+    """The checkpoint manifest to resume from (None: a fresh run); refuses to start over in a folder
+    that holds a run, since that would mix two runs' checkpoints and metrics."""
+    manifest = latest_checkpoint(exp_dir)
+    if manifest is not None and not args.resume:
+        raise UserError("%s already holds a training run (checkpoint at epoch %d, iteration %d): pass --resume "
+                        "to continue it, or choose another General.name" % (exp_dir, manifest["epoch"],
+                                                                             manifest["iteration"]))
+    if args.resume and manifest is None:
+        logger.info("--resume: no complete checkpoint in %s, starting fresh", exp_dir)
+    return manifest
+
+
+def build_module(cfg, loader, ctx, manifest):
+    """(Module bound for training with its initial weights, optimizer states to restore or None,
+    EMA state or None, names of the trainable parameters)."""
+    g = cfg.General
+    sym = get_train_symbol(cfg)
+    data_names = ["data"] + (["loss_scale"] if g.fp16 else [])
+    data_shapes = loader.provide_data + ([("loss_scale", (loader.batch_size,))] if g.fp16 else [])
+    label_names = [d.name for d in loader.provide_label]
+    arg_names = [n for n in sym.list_arguments() if n not in data_names + label_names]
+    fixed = fixed_param_names(arg_names, cfg.ModelParam.pretrain.fixed_param)
+    logger.info("%d of %d parameters frozen", len(fixed), len(arg_names))
+    mod = mx.mod.Module(sym, data_names=data_names, label_names=label_names, context=ctx, fixed_param_names=fixed)
+    mod.bind(data_shapes, loader.provide_label, for_training=True)
+    arg, aux, states, ema_state = initial_params(cfg, sym, dict(data_shapes + loader.provide_label), manifest)
+    mod.init_params(initializer(), arg_params=arg, aux_params=aux, allow_missing=True)
+    return mod, states, ema_state, [n for n in arg_names if n not in fixed]
+
+
+def init_optimizer(cfg, mod, kvstore, num_images, iters_per_epoch, num_update, num_workers):
+    """Module.init_optimizer with the configured optimizer, its schedule at update `num_update`."""
+    batch = cfg.General.batch_image * len(mod._context)
+    # A step of dist_sync sees batch x workers images; with scale_lr_by_workers the lr follows that
+    # global batch (linear scaling), as on one machine with the same total batch.
+    lr_batch = batch * num_workers if cfg.KvstoreParam.scale_lr_by_workers else batch
+    opt = build_optimizer(cfg, mod._param_names, num_images, lr_batch, iters_per_epoch, num_update)
+    # Each replica (device of a worker) normalises its loss by its own positives + 1, and the
+    # kvstore SUMS the replicas' gradients (devices, then workers on the servers): 1/replicas makes
+    # the step the mean over replicas, as automl averages per-replica losses across TPU cores.
+    opt.rescale_grad = 1.0 / (num_workers * len(mod._context))
+    mod.init_optimizer(kvstore=kvstore, optimizer=opt)
+
+
+def make_hooks(cfg, manifest, class_names):
+    """The hooks of a training run, in the order they run (see core.hooks)."""
+    # The checkpointer saves an interrupted position before the interrupt hook reports it.
+    return [NonFiniteCheck(), EMAUpdate(), MetricsLogger(keep_until=manifest["iteration"] if manifest else 0),
+            Checkpointer(class_names), InterruptHook()]
 
 
 def main():
@@ -150,14 +187,7 @@ def main():
 
     # data
     roidb, categories = load_config_roidb(cfg, "train")
-    manifest = latest_checkpoint(exp_dir)
-    if manifest is not None and not args.resume:
-        # Starting over would mix two runs' checkpoints and metrics in one folder.
-        raise UserError("%s already holds a training run (checkpoint at epoch %d, iteration %d): pass --resume "
-                        "to continue it, or choose another General.name" % (exp_dir, manifest["epoch"],
-                                                                             manifest["iteration"]))
-    if args.resume and manifest is None:
-        logger.info("--resume: no complete checkpoint in %s, starting fresh", exp_dir)
+    manifest = open_run(args, cfg, exp_dir)
     begin_epoch = manifest["epoch"] if manifest else o.schedule.begin_epoch
     ctx = contexts(cfg)
     batch = g.batch_image * len(ctx)
@@ -168,34 +198,11 @@ def main():
     num_update, skip = resume_position(manifest, loader.num_batches, begin_epoch)
     loader.seek(skip)
 
-    # model
-    sym = get_train_symbol(cfg)
-    data_names = ["data"] + (["loss_scale"] if g.fp16 else [])
-    data_shapes = loader.provide_data + ([("loss_scale", (batch,))] if g.fp16 else [])
-    label_names = [d.name for d in loader.provide_label]
-    arg_names = [n for n in sym.list_arguments() if n not in data_names + label_names]
-    fixed = fixed_param_names(arg_names, cfg.ModelParam.pretrain.fixed_param)
-    logger.info("%d of %d parameters frozen", len(fixed), len(arg_names))
-    mod = mx.mod.Module(sym, data_names=data_names, label_names=label_names,
-                        context=ctx, fixed_param_names=fixed)
-    mod.bind(data_shapes, loader.provide_label, for_training=True)
-    arg, aux, states, ema_state = initial_params(cfg, sym, dict(data_shapes + loader.provide_label), manifest)
-    mod.init_params(initializer(), arg_params=arg, aux_params=aux, allow_missing=True)
-    iters_per_epoch = loader.num_batches
-    run = {"class_names": [c["name"] for c in categories], "iters_per_epoch": iters_per_epoch}
-    trainable = [n for n in arg_names if n not in fixed]
+    # model and optimizer
+    mod, states, ema_state, trainable = build_module(cfg, loader, ctx, manifest)
     if isinstance(kvstore, mx.kv.KVStore):
         check_same_start(kvstore, num_update)
-    # A step of dist_sync sees batch x workers images; with scale_lr_by_workers the lr follows that
-    # global batch (linear scaling), as on one machine with the same total batch.
-    batch_total = batch * num_workers
-    opt = build_optimizer(cfg, arg_names, len(roidb), batch_total if cfg.KvstoreParam.scale_lr_by_workers
-                          else batch, iters_per_epoch, num_update)
-    # Each replica (device of a worker) normalises its loss by its own positives + 1, and the
-    # kvstore SUMS the replicas' gradients (devices, then workers on the servers): 1/replicas makes
-    # the step the mean over replicas, as automl averages per-replica losses across TPU cores.
-    opt.rescale_grad = 1.0 / (num_workers * len(ctx))
-    mod.init_optimizer(kvstore=kvstore, optimizer=opt)
+    init_optimizer(cfg, mod, kvstore, len(roidb), loader.num_batches, num_update, num_workers)
     if states:
         guarded("restoring the optimizer state of %s" % describe(manifest), exp_dir, restore_optimizer_states,
                 mod, states, exp_dir)
@@ -208,64 +215,12 @@ def main():
     # global gradient only when no worker clips.
     step = TrainStep(mod, o.clip_gradient, loss_scale, dynamic=g.fp16 and not o.loss_scale)
     logger.info("training %s: %d images, batch %d x %d worker(s) (rank %d), %d iterations/epoch, epochs %d..%d, "
-                "%d trainable params", g.name, len(roidb), batch, num_workers, rank, iters_per_epoch,
+                "%d trainable params", g.name, len(roidb), batch, num_workers, rank, loader.num_batches,
                 begin_epoch, o.schedule.end_epoch, len(trainable))
 
-    # loop
-    # Rows past the checkpoint are iterations the resumed run repeats.
-    metrics = MetricsWriter(os.path.join(exp_dir, "metrics.csv"),
-                            keep_until=manifest["iteration"] if manifest else 0) if rank == 0 else None
-    names = [n.replace("_output", "") for n in mod.output_names]
-    stop = StopOnInterrupt(exp_dir).install()
-    for epoch in range(begin_epoch, o.schedule.end_epoch):
-        bar = tqdm(total=iters_per_epoch, initial=skip, desc="epoch %d" % epoch, dynamic_ncols=True,
-                   disable=None)
-        window, tick = [], time.time()
-        for k, data in enumerate(loader, start=skip):
-            losses = step(data)
-            num_update += losses is not None
-            if losses is not None and not all(math.isfinite(v) for v in losses):
-                last = latest_checkpoint(exp_dir)
-                raise UserError("loss is not finite (%s) at epoch %d iteration %d; stopped. Last good "
-                                "checkpoint: %s" % (", ".join("%s=%s" % kv for kv in zip(names, losses)),
-                                                    epoch, num_update,
-                                                    "epoch %d iteration %d" % (last["epoch"], last["iteration"])
-                                                    if last else "none"))
-            if ema and losses is not None:
-                ema.update(*mod.get_params())
-            if losses is not None:
-                window.append(losses)
-            bar.update(1)
-            if (k + 1) % g.log_frequency == 0 or k + 1 == iters_per_epoch:
-                speed = len(window) * batch_total / max(time.time() - tick, 1e-9)
-                mean = np.mean(window, axis=0) if window else [float("nan")] * len(names)
-                terms = dict(zip(names, (float(v) for v in mean)))
-                bar.set_postfix(dict(terms, img_s="%.2f" % speed))
-                if metrics is not None:   # rank 0's losses; speed counts all workers' images
-                    metrics.write(epoch, num_update, opt.learning_rate, terms, speed)
-                window, tick = [], time.time()
-            if rank == 0 and g.checkpoint_iters and num_update % g.checkpoint_iters == 0 and k + 1 < iters_per_epoch:
-                save(mod, ema, exp_dir, cfg, epoch, num_update, k + 1, step, False, run)
-            if stop.requested:
-                loader.close()
-                if metrics is not None:
-                    metrics.close()
-                return stop_interrupted(exp_dir, (lambda: save(mod, ema, exp_dir, cfg, epoch, num_update, k + 1,
-                                                               step, False, run)) if rank == 0 else None)
-        bar.close()
-        loader.reset()
-        skip = 0
-        if rank == 0:
-            save(mod, ema, exp_dir, cfg, epoch + 1, num_update, 0, step, True, run)
-        logger.info("epoch %d done (%d iterations, %d unreadable images skipped so far)", epoch, num_update,
-                    loader.skipped)
-    stop.restore()
-    loader.close()
-    if metrics is not None:
-        metrics.close()
-        plot_loss_curve(os.path.join(exp_dir, "metrics.csv"), os.path.join(exp_dir, "loss_curve.png"))
-    logger.info("finished: %s", exp_dir)
-    return 0
+    run = RunState(cfg, mod, step, loader, exp_dir, rank, num_workers, ema, epoch=begin_epoch,
+                   num_update=num_update, batch_in_epoch=skip, images_per_step=batch * num_workers)
+    return train_loop(run, make_hooks(cfg, manifest, [c["name"] for c in categories]))
 
 
 def run_worker(main):

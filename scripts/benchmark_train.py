@@ -18,7 +18,8 @@ configure_threads()
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from core.module import TrainStep, build_optimizer, initializer  # noqa: E402
+from core.optimizer import build_optimizer, initializer  # noqa: E402
+from core.train_step import TrainStep  # noqa: E402
 from core.targets import make_target_fn  # noqa: E402
 from models.efficientdet.builder import get_train_symbol  # noqa: E402
 from utils.config import add_config_args, load_config  # noqa: E402

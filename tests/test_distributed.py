@@ -18,7 +18,7 @@ import pytest
 
 from conftest import REPO, run_script
 from core.dataset import save_roidb
-from core.module import initializer
+from core.optimizer import initializer
 from core.targets import make_target_fn
 from models.efficientdet.builder import get_train_symbol
 from utils.checkpoint import latest_checkpoint, list_checkpoints

@@ -1,12 +1,13 @@
-"""utils.lr_scheduler: warmup, cosine and step decay, linear scaling, resume, wd groups."""
+"""utils.lr_scheduler: warmup, cosine and step decay, linear scaling, resume; core.optimizer wd groups."""
 import math
 
 import mxnet as mx
 import pytest
 
 from config.base import make_config
+from core.optimizer import param_groups_no_wd
 from utils.errors import UserError
-from utils.lr_scheduler import build_lr_scheduler, param_groups_no_wd
+from utils.lr_scheduler import build_lr_scheduler
 
 
 def _sched(batch=64, ipe=100, **over):

@@ -1,4 +1,4 @@
-"""Learning-rate schedule (linear warmup, then cosine or step decay) and weight-decay groups.
+"""Learning-rate schedule: linear warmup, then cosine or step decay.
 
 The schedule is a pure function of the optimizer's update count over absolute epochs
 [0, end_epoch), so resuming only needs the optimizer to start counting at the resumed iteration
@@ -87,14 +87,3 @@ def build_lr_scheduler(cfg, num_images, batch_size_total, iters_per_epoch=None, 
              "warmup %d iters, %s to iteration %d", base_lr, opt.lr_per_64, batch_size_total,
              num_images, iters_per_epoch, scheduler.warmup_steps, sched.type, scheduler.total_steps)
     return scheduler
-
-
-def param_groups_no_wd(arg_names):
-    """{name: wd_mult} for every name: 1.0 for kernels (`*_weight`), 0.0 for everything else.
-
-    Zero: BN gamma/beta, biases, BiFPN fusion weights (`*_edge_weight`), anything else that is not
-    a kernel. Pass to `optimizer.set_wd_mult`; all names are listed because MXNet's own default
-    would decay `_gamma` and `_edge_weight`.
-    """
-    return {name: 1.0 if name.endswith("_weight") and not name.endswith("_edge_weight") else 0.0
-            for name in arg_names}
