@@ -30,8 +30,8 @@ from core.dataset import load_config_roidb
 from core.loader import DetectionLoader
 from core.module import (TrainStep, build_optimizer, contexts, initializer, optimizer_states,
                          restore_optimizer_states)
+from core.pipeline import build_transform
 from core.targets import make_target_fn
-from core.transforms import build_transform
 from models.efficientdet.builder import get_train_symbol
 from models.efficientdet.stats import param_shapes
 from utils.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint

@@ -31,9 +31,10 @@ from models.efficientdet.loss import flatten_level_outputs  # noqa: E402
 from models.efficientdet.postprocess import match_detections, postprocess  # noqa: E402
 from models.efficientdet.scaling import EFFICIENTNET_PARAMS  # noqa: E402
 from models.efficientdet.stats import param_shapes  # noqa: E402
-from utils.checkpoint import atomic_write, save_epoch_params  # noqa: E402
+from utils.checkpoint import save_epoch_params  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.errors import UserError, refuse_overwrite, run_cli  # noqa: E402
+from utils.fileio import atomic_write  # noqa: E402
 
 TOLERANCE = 1e-3
 # Fixture meta keys that must agree with the config, and where the config keeps them.
