@@ -136,7 +136,8 @@ def main():
 
     fixture, meta = read_fixture(args.verify) if args.verify else (None, {})
     if args.classifier:
-        size = meta.get("image_size") or EFFICIENTNET_PARAMS.get(args.classifier, (0, 0, 224))[2]
+        known = EFFICIENTNET_PARAMS.get(args.classifier)
+        size = meta.get("image_size") or (known.resolution if known else 224)
         sym, names = classifier_model(args.classifier, size)
         min_level, extra = 3, []
     else:
