@@ -168,10 +168,10 @@ def test_training_lowers_the_loss(tmp_path):
             "DatasetParam.color_jitter=(0.0, 0.0, 0.0, 0.0)", "OptimizeParam.optimizer=adamw",
             "OptimizeParam.lr_per_64=0.16", "OptimizeParam.warmup.epochs=2.0", "OptimizeParam.ema_decay=0",
             "OptimizeParam.schedule.end_epoch=20"]
-    exp = os.path.join(REPO, "experiments", name)
+    exp = str(tmp_path / "experiments" / name)             # training runs with cwd = tmp_path
     try:
-        res = run_script(["detection_train.py", "--config", B0_NASFPN] + [a for s in sets for a in ("--set", s)],
-                         timeout=300)
+        res = run_script(["detection_train.py", "--config", os.path.join(REPO, B0_NASFPN)] +
+                         [a for s in sets for a in ("--set", s)], timeout=300, cwd=tmp_path)
         assert res.returncode == 0, res.stderr[-2000:]
         rows = list(csv.DictReader(open(os.path.join(exp, "metrics.csv"))))
         total = np.array([float(r["cls_loss"]) + 50 * float(r["box_loss"]) for r in rows])
