@@ -75,8 +75,8 @@ class DetectionLoader(mx.io.DataIter):
         or None for evaluation (no labels).
     rank / num_ranks: the kvstore's rank and num_workers, for sharding.
     num_workers: worker threads (0 = load in the calling thread). Threads, not processes: cv2
-        and numpy release the GIL, and on the 2-core dev machine a forked Pool was 1.5-4x slower
-        (pickling every sample back) and could stall after MXNet and OpenCV had started threads.
+        and numpy release the GIL, and a forked Pool was slower (it pickles every sample back)
+        and could stall after MXNet and OpenCV had started threads.
     prefetch: batches submitted ahead of the one being returned.
 
     provide_data = [("data", (B, 3, H, W))]; provide_label = each target key in sorted order,

@@ -1,7 +1,7 @@
 """Shared test helpers.
 
 - The repo root goes on sys.path so tests import `config`, `models`, ... without installing.
-- REFERENCE_DIR is `<repo>/../shared/reference` (the PyTorch fixtures, DESIGN.md §5);
+- REFERENCE_DIR is `<repo>/../shared/reference` (the PyTorch fixtures, docs/design.md §5);
   `require_reference(name)` returns a fixture's path or skips the test with the reason.
 - `run_script(args, timeout, cwd)` runs a repo script the way a user would: this interpreter,
   cwd = the repo root unless given. A script that writes into its working directory (training and

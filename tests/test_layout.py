@@ -1,4 +1,4 @@
-"""The house rules of the layout (docs/design.md, "Layers"), read from the source with ast: no
+"""The house rules of the layout (docs/design.md §7), read from the source with ast: no
 project module is imported or run.
 
 - Imports flow one way. Layers, highest first: entry scripts (the top-level *.py files) and

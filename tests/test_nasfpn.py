@@ -26,7 +26,7 @@ def test_d0_nasfpn_parameter_count_by_hand():
     cfg = load_config(B0_NASFPN, ["DatasetParam.num_classes=90"], is_train=False)
     w, repeats, head, classes, anchors = 64, 3, 3, 90, 9
     assert (cfg.NeckParam.width, cfg.NeckParam.repeats, cfg.HeadParam.repeats) == (w, repeats, head)
-    # Backbone: the B0 classifier (DESIGN §3) without its 1x1 conv 320->1280 + BN and its FC 1280->1000.
+    # Backbone: the B0 classifier (docs/design.md §3) without its 1x1 conv 320->1280 + BN and its FC 1280->1000.
     backbone = 5288548 - (320 * 1280 + 2 * 1280) - (1280 * 1000 + 1000)
     # Neck. Projections of P3/P4/P5 (40/112/320 channels): 1x1 conv with bias + BN gamma/beta.
     # P6 and P7 are max-pools of the projected level below: no parameters.

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class EfficientNetVariant:
-    """Compound coefficients of one EfficientNet (docs/design.md, "Reference architecture")."""
+    """Compound coefficients of one EfficientNet (docs/design.md §3)."""
     width: float                # channel multiplier
     depth: float                # repeats multiplier
     resolution: int             # classifier input side, px
@@ -47,7 +47,7 @@ SE_RATIO = 0.25
 
 @dataclass(frozen=True)
 class EfficientDetVariant:
-    """One row of the EfficientDet table (docs/design.md, "Reference architecture"), which is
+    """One row of the EfficientDet table (docs/design.md §3), which is
     authoritative over the paper's formula."""
     backbone: str               # EFFICIENTNET_PARAMS key
     image_size: int             # square input side, px
