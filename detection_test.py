@@ -39,6 +39,7 @@ from utils.config import add_config_args, load_config
 from utils.errors import refuse_overwrite, run_cli
 from utils.fileio import write_json
 
+
 def bind_model(cfg, arg, aux, ctx, batch_size, path):
     """Module of the test symbol at cfg's input size, holding the weights (arg, aux)."""
     shapes = {"data": (batch_size, 3) + tuple(cfg.DatasetParam.image_size), "im_scale": (batch_size, 1)}
