@@ -30,15 +30,16 @@ import mxnet as mx
 import numpy as np
 
 from core.roidb import check_class_names, load_roidb
-from core.evaluate import write_json
-from core.transforms import ImageReadError, read_image
+from core.image_io import ImageReadError, read_image
+from core.inference import bind_inference
 from core.devices import contexts
-from detection_test import check_params
-from models.efficientdet.deploy import get_deploy_symbol, prepare_image
-from utils.checkpoint import atomic_write, load_weights
+from core.transforms import prepare_image
+from models.efficientdet.deploy import get_deploy_symbol
+from utils.checkpoint import load_weights
 from utils.config import add_config_args, check_value, load_config, number_range
 from utils.draw import draw_detections
 from utils.errors import UserError, run_cli
+from utils.fileio import atomic_write, write_bytes, write_json
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 
@@ -81,12 +82,7 @@ def load_model(cfg, arg, aux, params_path, batch=1):
     H, W = cfg.DatasetParam.image_size
     shapes = {"data": (batch, 3, H, W), "im_scale": (batch, 1)}
     cfg.General.batch_image = batch           # the graph is built for its batch size
-    sym = get_deploy_symbol(cfg)
-    check_params(sym, arg, aux, shapes, params_path)
-    mod = mx.mod.Module(sym, data_names=list(shapes), label_names=None, context=contexts(cfg)[:1])
-    mod.bind(list(shapes.items()), for_training=False)
-    mod.set_params(arg, aux, allow_extra=True)
-    return mod
+    return bind_inference(get_deploy_symbol(cfg), arg, aux, shapes, contexts(cfg)[:1], params_path)
 
 
 def detect(mod, cfg, images_rgb, score_thresh):
@@ -114,12 +110,7 @@ def write_outputs(out_dir, path, image_rgb, det, names):
     stem = os.path.join(out_dir, os.path.basename(path))
     drawn = draw_detections(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), det[:, :4], det[:, 4], det[:, 5],
                             names, score_thresh=-1.0)        # already filtered by --score
-    png = cv2.imencode(".png", drawn)[1].tobytes()
-
-    def write_png(tmp):
-        with open(tmp, "wb") as f:
-            f.write(png)
-    atomic_write(stem + ".png", write_png)
+    atomic_write(stem + ".png", write_bytes(cv2.imencode(".png", drawn)[1].tobytes()))
     h, w = image_rgb.shape[:2]
     rows = [{"box": [round(float(v), 2) for v in d[:4]], "score": round(float(d[4]), 5),
              "class_id": int(d[5]), "class_name": names[int(d[5])]} for d in det]

@@ -28,44 +28,22 @@ import mxnet as mx
 from tqdm import tqdm
 
 from core.roidb import check_class_names, load_config_roidb
-from core.evaluate import evaluate, format_per_class, to_coco_results, write_json
+from core.evaluate import evaluate, format_per_class, to_coco_results
+from core.inference import bind_inference
 from core.loader import DetectionLoader
 from core.devices import contexts
 from core.tta import eval_transform, merge_views, tta_views, unflip
 from models.efficientdet.builder import get_test_symbol
 from utils.checkpoint import load_weights
 from utils.config import add_config_args, load_config
-from utils.errors import UserError, refuse_overwrite, run_cli
-
-INPUTS = ("data", "im_scale")
-
-
-def check_params(sym, arg, aux, input_shapes, path):
-    """UserError naming what is missing or mis-shaped, before Module fails less clearly."""
-    arg_shapes, _, aux_shapes = sym.infer_shape(**input_shapes)
-    want = dict(zip(sym.list_arguments(), arg_shapes))
-    want.update(zip(sym.list_auxiliary_states(), aux_shapes))
-    have = dict(arg, **aux)
-    missing = sorted(n for n in want if n not in have and n not in INPUTS)
-    if missing:
-        raise UserError("%s lacks %d parameters of this model, e.g. %s; does the config match the weights?"
-                        % (path, len(missing), ", ".join(missing[:3])))
-    wrong = ["%s %s in the file vs %s in the model" % (n, tuple(have[n].shape), tuple(want[n]))
-             for n in sorted(want) if n not in INPUTS and tuple(have[n].shape) != tuple(want[n])]
-    if wrong:
-        raise UserError("%s does not fit this model (%d shape mismatches), e.g. %s; check "
-                        "DatasetParam.num_classes and the variant" % (path, len(wrong), wrong[0]))
+from utils.errors import refuse_overwrite, run_cli
+from utils.fileio import write_json
 
 
 def bind_model(cfg, arg, aux, ctx, batch_size, path):
     """Module of the test symbol at cfg's input size, holding the weights (arg, aux)."""
-    sym = get_test_symbol(cfg)
     shapes = {"data": (batch_size, 3) + tuple(cfg.DatasetParam.image_size), "im_scale": (batch_size, 1)}
-    check_params(sym, arg, aux, shapes, path)
-    mod = mx.mod.Module(sym, data_names=list(INPUTS), label_names=None, context=ctx)
-    mod.bind(list(shapes.items()), for_training=False)
-    mod.set_params(arg, aux, allow_extra=True)
-    return mod
+    return bind_inference(get_test_symbol(cfg), arg, aux, shapes, ctx, path)
 
 
 def detect(mod, loader, flip=False):

@@ -28,9 +28,9 @@ from core.devices import contexts
 from core.hooks import Checkpointer, EMAUpdate, InterruptHook, MetricsLogger, NonFiniteCheck, RunState, train_loop
 from core.loader import DetectionLoader
 from core.optimizer import build_optimizer, initializer, restore_optimizer_states
+from core.pipeline import build_transform
 from core.train_step import TrainStep
 from core.targets import make_target_fn
-from core.transforms import build_transform
 from models.efficientdet.builder import get_train_symbol
 from models.efficientdet.stats import param_shapes
 from utils.checkpoint import latest_checkpoint, load_checkpoint

@@ -138,15 +138,15 @@ def make_config(is_train, overrides=None):
 
 def efficientdet_overrides(variant):
     """Overrides that turn the defaults into paper variant `variant` ("d0".."d7x")."""
-    backbone, size, width, repeats, head, scale, fusion, max_level = EFFICIENTDET_PARAMS[variant]
+    v = EFFICIENTDET_PARAMS[variant]
     return {
         "General.name": "efficientdet_" + variant,
-        "BackboneParam.name": backbone,
-        "NeckParam.width": width,
-        "NeckParam.repeats": repeats,
-        "NeckParam.fusion": fusion,
-        "NeckParam.max_level": max_level,
-        "HeadParam.repeats": head,
-        "AnchorParam.scale": scale,
-        "DatasetParam.image_size": (size, size),
+        "BackboneParam.name": v.backbone,
+        "NeckParam.width": v.fpn_width,
+        "NeckParam.repeats": v.fpn_repeats,
+        "NeckParam.fusion": v.fusion,
+        "NeckParam.max_level": v.max_level,
+        "HeadParam.repeats": v.head_repeats,
+        "AnchorParam.scale": v.anchor_scale,
+        "DatasetParam.image_size": (v.image_size, v.image_size),
     }

@@ -12,11 +12,8 @@ class < 0 are padding. Boxes are clipped to the image before scoring.
 """
 import contextlib
 import io
-import json
 
 import numpy as np
-
-from utils.checkpoint import atomic_write
 
 STAT_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
               "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
@@ -57,14 +54,6 @@ def to_coco_results(detections, roidb, categories):
                                      round(float(x2[i] - x1[i]), 3), round(float(y2[i] - y1[i]), 3)],
                             "score": round(float(det[i, 4]), 5)})
     return results
-
-
-def write_json(path, obj):
-    """json.dump `obj` to `path` atomically (a crash never leaves half a file)."""
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f)
-    atomic_write(path, write)
 
 
 def evaluate(roidb, categories, results):

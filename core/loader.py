@@ -11,7 +11,7 @@ Epoch plan (identical on every rank, so ranks agree without talking):
 Determinism: sample j of the plan is augmented with RandomState([seed, epoch, j, attempt]), so the
 batches do not depend on the number of workers or on which worker runs a sample.
 
-Unreadable images (core.transforms.ImageReadError: missing, corrupt, truncated, or not the size
+Unreadable images (core.image_io.ImageReadError: missing, corrupt, truncated, or not the size
 the roidb says) are replaced by the next readable record of the roidb. Each is warned about once,
 by name and with its substitute, and counted once in `skipped` (files, not occurrences); batch
 size never changes.
@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import mxnet as mx
 import numpy as np
 
-from core.transforms import ImageReadError
+from core.image_io import ImageReadError
 from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -70,13 +70,13 @@ class DetectionLoader(mx.io.DataIter):
     """An mx.io.DataIter over a roidb.
 
     transform: `(record, rng) -> {"data": float32 (3, H, W), "boxes", "classes", "scale",
-        "image_id", "orig_size": (h, w)}` (core.transforms.DetTransform).
+        "image_id", "orig_size": (h, w)}` (core.pipeline.build_transform).
     target_fn: `(boxes float32 (G, 4) x1y1x2y2, classes int32 (G,)) -> {name: fixed-shape array}`,
         or None for evaluation (no labels).
     rank / num_ranks: the kvstore's rank and num_workers, for sharding.
     num_workers: worker threads (0 = load in the calling thread). Threads, not processes: cv2
-        and numpy release the GIL, and on the 2-core dev machine a forked Pool was 1.5-4x slower
-        (pickling every sample back) and could stall after MXNet and OpenCV had started threads.
+        and numpy release the GIL, and a forked Pool was slower (it pickles every sample back)
+        and could stall after MXNet and OpenCV had started threads.
     prefetch: batches submitted ahead of the one being returned.
 
     provide_data = [("data", (B, 3, H, W))]; provide_label = each target key in sorted order,

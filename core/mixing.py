@@ -1,9 +1,10 @@
-"""MixTransform: the training-time hook of core/augment.py's Mosaic, MixUp, CutMix and paste-in.
+"""MixStep: the training-time step of core/augment.py's Mosaic, MixUp, CutMix and paste-in.
 
-It wraps DetTransform. The other samples (random roidb indices), the coins and every parameter come
-from the loader's per-sample RNG (core/loader.py), so mixed batches stay deterministic whatever the
-number of workers. The mixed image goes to DetTransform as record["pixels"], so flip, scale jitter,
-crop and colour jitter then apply to it as to any image.
+It is the step before DetTransform in the pipeline (core/pipeline.py). The other samples (random
+roidb indices), the coins and every parameter come from the loader's per-sample RNG
+(core/loader.py), so mixed batches stay deterministic whatever the number of workers. The mixed
+image goes on to DetTransform as record["pixels"], so flip, scale jitter, crop and colour jitter
+then apply to it as to any image.
 """
 import os
 
@@ -11,7 +12,7 @@ import cv2
 import numpy as np
 
 from core.augment import cutmix, mixup, mosaic, paste
-from core.transforms import ImageReadError, read_record_image
+from core.image_io import ImageReadError, read_record_image
 from utils.errors import UserError
 
 MAX_OVERLAP = 0.2         # a paste may cover at most this fraction of a box (and vice versa)
@@ -54,18 +55,19 @@ def load_patches(folder):
     return patches
 
 
-class MixTransform:
-    """Callable `(record, rng) -> sample` with DetTransform's contract: mixes other roidb records
-    into `record` (see the module docstring), then runs `transform` on the result.
+class MixStep:
+    """Callable `(record, rng) -> record`: mixes other roidb records into `record` (see the module
+    docstring). A mixed record carries "pixels" (RGB uint8 (h, w, 3)) with its boxes, classes, width
+    and height; a record that nothing was mixed into comes back as it was.
 
     Per sample the draws come in a fixed order, mosaic, mixup, cutmix, paste, each coin drawn only
     when its probability is above 0; a sample therefore depends on its RNG alone. An unreadable
     secondary image skips that augmentation (the loader reports it when it is a sample itself).
     """
 
-    def __init__(self, transform, roidb, num_classes, mosaic_prob=0.0, mixup_prob=0.0, mixup_alpha=32.0,
+    def __init__(self, roidb, num_classes, mosaic_prob=0.0, mixup_prob=0.0, mixup_alpha=32.0,
                  cutmix_prob=0.0, paste_prob=0.0, paste_dir="", paste_as_objects=True, paste_class=-1,
-                 paste_max=3, paste_scale=(0.5, 1.5)):
+                 paste_max=3, paste_scale=(0.5, 1.5), min_box_size=2.0, min_visible=0.25):
         probs = dict(mosaic_prob=mosaic_prob, mixup_prob=mixup_prob, cutmix_prob=cutmix_prob, paste_prob=paste_prob)
         for name, p in probs.items():
             if not 0.0 <= p <= 1.0:
@@ -80,12 +82,13 @@ class MixTransform:
         if self.patches and paste_as_objects and not 0 <= paste_class < num_classes:
             raise UserError("pasting paste_dir patches as objects needs DatasetParam.paste_class in 0..%d, "
                             "got %d" % (num_classes - 1, paste_class))
-        self.transform, self.roidb = transform, roidb
+        self.roidb = roidb
         self.mosaic_prob, self.mixup_prob, self.cutmix_prob, self.paste_prob = (
             mosaic_prob, mixup_prob, cutmix_prob, paste_prob)
         self.mixup_alpha, self.paste_max, self.paste_scale = mixup_alpha, paste_max, tuple(paste_scale)
         self.paste_label = paste_class if paste_as_objects else None
-        self.min_size, self.min_visible = transform.min_box_size, transform.min_visible
+        # the box-keeping rule of the geometry step that follows (DetTransform)
+        self.min_size, self.min_visible = min_box_size, min_visible
 
     def _read(self, record):
         return read_record_image(record), record["boxes"], record["classes"]
@@ -162,21 +165,21 @@ class MixTransform:
         if self.paste_prob and rng.uniform() < self.paste_prob:
             cur = self._paste_some(cur if cur is not None else self._read(record), rng)
         if cur is None:
-            return self.transform(record, rng)
+            return record
         img, boxes, classes = cur
-        return self.transform(dict(record, pixels=img, boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
-                                   classes=np.asarray(classes, np.int32), width=img.shape[1],
-                                   height=img.shape[0]), rng)
+        return dict(record, pixels=img, boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+                    classes=np.asarray(classes, np.int32), width=img.shape[1], height=img.shape[0])
 
 
-def build_mix_transform(cfg, transform, roidb):
-    """MixTransform from DatasetParam around `transform`, or `transform` itself when all is off."""
+def build_mix_step(cfg, roidb, min_box_size, min_visible):
+    """MixStep from DatasetParam drawing from `roidb`, or None when all mixing is off.
+    min_box_size, min_visible: the box-keeping rule of the geometry step that follows."""
     d = cfg.DatasetParam
     if not (d.mosaic_prob or d.mixup_prob or d.cutmix_prob or d.paste_prob):
-        return transform
+        return None
     if roidb is None:
         raise UserError("DatasetParam mosaic/mixup/cutmix/paste need the training roidb: pass it to "
                         "build_transform(cfg, True, roidb)")
-    return MixTransform(transform, roidb, d.num_classes, d.mosaic_prob, d.mixup_prob, d.mixup_alpha,
-                        d.cutmix_prob, d.paste_prob, d.paste_dir, d.paste_as_objects, d.paste_class,
-                        d.paste_max, d.paste_scale)
+    return MixStep(roidb, d.num_classes, d.mosaic_prob, d.mixup_prob, d.mixup_alpha, d.cutmix_prob,
+                   d.paste_prob, d.paste_dir, d.paste_as_objects, d.paste_class, d.paste_max, d.paste_scale,
+                   min_box_size, min_visible)

@@ -8,8 +8,8 @@ import os
 
 import numpy as np
 
-from utils.checkpoint import atomic_write
 from utils.errors import UserError
+from utils.fileio import atomic_write
 
 CACHE_VERSION = 1
 

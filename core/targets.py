@@ -33,8 +33,8 @@ def iou_matrix(boxes_a, boxes_b):
     """IoU of (M, 4) against (K, 4) boxes, both y1,x1,y2,x2 -> (M, K) float32.
 
     Pass the long list (the anchors) second: its coordinates then run contiguously along rows,
-    which is about 3x faster than the transpose for 440k anchors. Built in place on three (M, K)
-    buffers.
+    which is several times faster than the transpose for 440k anchors. Built in place on three
+    (M, K) buffers.
     """
     ay1, ax1, ay2, ax2 = (c[:, None] for c in np.asarray(boxes_a, np.float32).T)
     by1, bx1, by2, bx2 = np.ascontiguousarray(np.asarray(boxes_b, np.float32).T)

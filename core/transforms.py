@@ -17,53 +17,7 @@ import numpy as np
 import albumentations.augmentations.functional as AF
 
 from core.augment import clip_to, filter_boxes
-
-
-class ImageReadError(Exception):
-    """An image file is missing, truncated, not an image, or not the size its roidb record says.
-    The loader counts and skips it."""
-
-
-def jpeg_is_complete(data):
-    """False for a JPEG (bytes) cut short: no end-of-image marker after its last start-of-scan.
-
-    libjpeg only warns on such a file and cv2 returns it grey-filled. Inside scan data 0xFF is
-    always followed by 0x00 or a restart marker, so FFD9 after the last FFDA can only be the real end;
-    an EXIF thumbnail's own markers come before the main image's scans.
-    """
-    return data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda")
-
-
-def read_image(path):
-    """RGB uint8 (h, w, 3), EXIF orientation applied (as cv2.imread and most viewers and labelling
-    tools do); raises ImageReadError for anything cv2 cannot decode and for truncated JPEGs."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ImageReadError("cannot read image %s: %s" % (path, e.strerror or e))
-    if data[:2] == b"\xff\xd8" and not jpeg_is_complete(data):
-        raise ImageReadError("%s is a truncated JPEG (it ends before its end-of-image marker)" % path)
-    img = None
-    if data:
-        try:
-            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        except cv2.error as e:
-            raise ImageReadError("%s: %s" % (path, e))
-    if img is None:
-        raise ImageReadError("cannot read image %s%s" % (path, "" if data else " (empty file)"))
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def read_record_image(record):
-    """read_image of a roidb record, which must decode to the record's width and height: boxes drawn
-    on another size (an image resized or re-oriented after labelling) would be silently wrong."""
-    img = read_image(record["image"])
-    h, w = img.shape[:2]
-    if "width" in record and (w, h) != (record["width"], record["height"]):
-        raise ImageReadError("%s decodes as %dx%d but its roidb record says %dx%d (resized or rotated after "
-                             "labelling?)" % (record["image"], w, h, record["width"], record["height"]))
-    return img
+from core.image_io import read_record_image
 
 
 def color_jitter(img, rng, brightness, contrast, saturation, hue):
@@ -92,7 +46,7 @@ class DetTransform:
 
     record: a roidb dict (see core/dataset.py). rng: np.random.RandomState (unused for eval).
         A record may carry "pixels" (RGB uint8 (h, w, 3)) to use instead of reading its image:
-        core/mixing.py passes mixed images that way, with their boxes and classes.
+        the mixing step (core/mixing.py) passes mixed images that way, with their boxes and classes.
     sample: {"data": float32 (3, H, W), "boxes": float32 (G', 4) x1y1x2y2 in input pixels,
              "classes": int32 (G',), "scale": float (input = original * scale),
              "image_id": int, "orig_size": (h, w)}.
@@ -168,15 +122,16 @@ class DetTransform:
         return filter_boxes(clipped, classes, area, self.min_box_size, self.min_visible)
 
 
-def build_transform(cfg, is_train, roidb=None):
-    """DetTransform from cfg.DatasetParam (image_size, hflip_prob, scale_range, color_jitter) and
-    cfg.NormalizeParam (mean, std). For training with any of DatasetParam's mosaic / mixup / cutmix /
-    paste probabilities above 0, wrapped in core.mixing.MixTransform, which draws from `roidb`."""
-    d = cfg.DatasetParam
-    transform = DetTransform(d.image_size, cfg.NormalizeParam.mean, cfg.NormalizeParam.std, is_train,
-                             hflip_prob=d.hflip_prob, scale_range=d.scale_range,
-                             color_jitter=d.color_jitter)
-    if not is_train:
-        return transform
-    from core.mixing import build_mix_transform   # imported here: core.mixing imports this module
-    return build_mix_transform(cfg, transform, roidb)
+def prepare_image(image_rgb, image_size, mean):
+    """One image for the deploy graph (models/efficientdet/deploy.py): the eval transform without
+    the normalisation, padded with the mean colour.
+
+    image_rgb: (h, w, 3) uint8 RGB; image_size: (H, W); mean: 3 floats (RGB 0-255).
+    Returns (data float32 (3, H, W), scale) with network input = original * scale.
+    """
+    # With std 1 the eval transform yields x - mean, padded with 0; adding the mean back gives
+    # the pixels (to float32 rounding, < 2e-5) and pads with exactly the mean.
+    record = {"pixels": image_rgb, "image_id": 0, "boxes": np.zeros((0, 4), np.float32),
+              "classes": np.zeros(0, np.int32)}
+    sample = DetTransform(image_size, mean, (1.0, 1.0, 1.0), train=False)(record)
+    return sample["data"] + np.asarray(mean, np.float32)[:, None, None], sample["scale"]

@@ -8,7 +8,8 @@ top-left like any eval input, so x in the view maps back to W_orig - x exactly.
 """
 import numpy as np
 
-from core.transforms import DetTransform, build_transform
+from core.pipeline import build_transform
+from core.transforms import DetTransform
 from core.wbf import fuse
 from utils.config import ConfigSet
 from utils.errors import UserError
@@ -23,7 +24,7 @@ class FlipEvalTransform(DetTransform):
 
 
 def eval_transform(cfg, flip):
-    """The eval transform of cfg (core.transforms.build_transform), or its mirrored twin."""
+    """The eval transform of cfg (core.pipeline.build_transform), or its mirrored twin."""
     if not flip:
         return build_transform(cfg, False)
     return FlipEvalTransform(cfg.DatasetParam.image_size, cfg.NormalizeParam.mean, cfg.NormalizeParam.std, False)

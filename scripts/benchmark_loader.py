@@ -22,7 +22,7 @@ from core.dataset import load_coco, load_roidb  # noqa: E402
 from core.loader import DetectionLoader  # noqa: E402
 from core.synthetic import make_synthetic  # noqa: E402
 from core.targets import make_target_fn  # noqa: E402
-from core.transforms import build_transform  # noqa: E402
+from core.pipeline import build_transform  # noqa: E402
 from utils.config import add_config_args, load_config  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 

@@ -35,24 +35,24 @@ def compound_table(phis):
 
 def efficientnet_table():
     out = {}
-    for name, (width, depth, res, dropout) in EFFICIENTNET_PARAMS.items():
+    for name, v in EFFICIENTNET_PARAMS.items():
         stages = scaled_stages(name)
         channels = [s[4] for s in stages]
-        out[name] = {"width": width, "depth": depth, "resolution": res, "dropout": dropout,
-                     "stem": round_filters(STEM_CHANNELS, width), "channels": channels,
-                     "repeats": [s[0] for s in stages], "head": round_filters(HEAD_CHANNELS, width),
+        out[name] = {"width": v.width, "depth": v.depth, "resolution": v.resolution, "dropout": v.dropout,
+                     "stem": round_filters(STEM_CHANNELS, v.width), "channels": channels,
+                     "repeats": [s[0] for s in stages], "head": round_filters(HEAD_CHANNELS, v.width),
                      "p3_p5": [channels[i] for i in PYRAMID_STAGES]}
     return out
 
 
 def efficientdet_table():
     out = {}
-    for name, (backbone, size, width, repeats, head, scale, fusion, max_level) in EFFICIENTDET_PARAMS.items():
+    for name, v in EFFICIENTDET_PARAMS.items():
         phi = int(name[1])   # d7x is the B7 version of d7: same phi
         out[name] = {"phi": phi, "formula": efficientdet_formula(phi),
-                     "official": {"backbone": backbone, "resolution": size, "bifpn_width": width,
-                                  "bifpn_depth": repeats, "head_depth": head, "anchor_scale": scale,
-                                  "fusion": fusion, "max_level": max_level}}
+                     "official": {"backbone": v.backbone, "resolution": v.image_size, "bifpn_width": v.fpn_width,
+                                  "bifpn_depth": v.fpn_repeats, "head_depth": v.head_repeats,
+                                  "anchor_scale": v.anchor_scale, "fusion": v.fusion, "max_level": v.max_level}}
     return out
 
 

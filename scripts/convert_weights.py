@@ -31,9 +31,10 @@ from models.efficientdet.loss import flatten_level_outputs  # noqa: E402
 from models.efficientdet.postprocess import match_detections, postprocess  # noqa: E402
 from models.efficientdet.scaling import EFFICIENTNET_PARAMS  # noqa: E402
 from models.efficientdet.stats import param_shapes  # noqa: E402
-from utils.checkpoint import atomic_write, save_epoch_params  # noqa: E402
+from utils.checkpoint import save_epoch_params  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.errors import UserError, refuse_overwrite, run_cli  # noqa: E402
+from utils.fileio import atomic_write  # noqa: E402
 
 TOLERANCE = 1e-3
 # Fixture meta keys that must agree with the config, and where the config keeps them.
@@ -135,7 +136,8 @@ def main():
 
     fixture, meta = read_fixture(args.verify) if args.verify else (None, {})
     if args.classifier:
-        size = meta.get("image_size") or EFFICIENTNET_PARAMS.get(args.classifier, (0, 0, 224))[2]
+        known = EFFICIENTNET_PARAMS.get(args.classifier)
+        size = meta.get("image_size") or (known.resolution if known else 224)
         sym, names = classifier_model(args.classifier, size)
         min_level, extra = 3, []
     else:

@@ -22,9 +22,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from core.dataset import load_roidb  # noqa: E402
-from core.evaluate import evaluate, format_per_class, to_coco_results, write_json  # noqa: E402
+from core.evaluate import evaluate, format_per_class, to_coco_results  # noqa: E402
 from core.wbf import CONF_TYPES, fuse  # noqa: E402
 from utils.errors import UserError, refuse_overwrite, run_cli  # noqa: E402
+from utils.fileio import write_json  # noqa: E402
 
 
 def read_results(path, images, categories):

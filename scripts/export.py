@@ -28,12 +28,14 @@ configure_threads()  # before mxnet is imported
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
+from core.inference import check_params  # noqa: E402
 from core.synthetic import render_image  # noqa: E402
-from detection_test import check_params  # noqa: E402
-from models.efficientdet.deploy import export_deploy_onnx, get_deploy_symbol, prepare_image  # noqa: E402
-from utils.checkpoint import atomic_write, load_weights, save_epoch_params  # noqa: E402
+from core.transforms import prepare_image  # noqa: E402
+from models.efficientdet.deploy import export_deploy_onnx, get_deploy_symbol  # noqa: E402
+from utils.checkpoint import load_weights, save_epoch_params  # noqa: E402
 from utils.config import add_config_args, load_config  # noqa: E402
 from utils.errors import UserError, refuse_overwrite, run_cli  # noqa: E402
+from utils.fileio import atomic_write  # noqa: E402
 from utils.onnx_export import ort_session  # noqa: E402
 
 

@@ -49,7 +49,7 @@ def detection_stats(cfg):
 def classifier_stats(variant):
     if variant not in EFFICIENTNET_PARAMS:
         raise UserError("unknown classifier '%s'; choose from %s" % (variant, ", ".join(EFFICIENTNET_PARAMS)))
-    size = EFFICIENTNET_PARAMS[variant][2]
+    size = EFFICIENTNET_PARAMS[variant].resolution
     data_shape = (1, 3, size, size)
     sym, feats = efficientnet_classifier(variant)
     rows = [("stage%d" % s, _shape(feats["stage%d" % s][0], data_shape)) for s in range(1, 8)]

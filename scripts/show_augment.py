@@ -5,9 +5,9 @@
       [--set DatasetParam.mosaic_prob=1.0 ...]
 
 The samples are those of training epoch 0 on one device: DetectionLoader's roidb order and
-per-sample RNG (seed, 0, slot, 0) through the config's training transform (core/transforms.py,
-with core/mixing.py when enabled); past the roidb's end, the same order is drawn again with new
-slots. Each tile is the network input, de-normalised (padding shows as the mean colour).
+per-sample RNG (seed, 0, slot, 0) through the config's training pipeline (core/pipeline.py:
+core/mixing.py when enabled, then core/transforms.py); past the roidb's end, the same order is
+drawn again with new slots. Each tile is the network input, de-normalised (padding shows as the mean colour).
 """
 import argparse
 import os
@@ -19,11 +19,11 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from core.dataset import load_roidb  # noqa: E402
-from core.transforms import build_transform  # noqa: E402
-from utils.checkpoint import atomic_write  # noqa: E402
+from core.pipeline import build_transform  # noqa: E402
 from utils.config import add_config_args, load_config  # noqa: E402
 from utils.draw import draw_detections, tile  # noqa: E402
 from utils.errors import UserError, refuse_overwrite, run_cli  # noqa: E402
+from utils.fileio import atomic_write  # noqa: E402
 
 
 def to_bgr(data, mean, std):

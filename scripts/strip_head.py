@@ -36,8 +36,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from utils.checkpoint import CLASS_NAMES_KEY, atomic_write, read_params, save_nd  # noqa: E402
+from utils.checkpoint import CLASS_NAMES_KEY, read_params, save_nd  # noqa: E402
 from utils.errors import UserError, refuse_overwrite, run_cli  # noqa: E402
+from utils.fileio import atomic_write  # noqa: E402
 
 # The class and box nets; config/efficientdet_b4_wrs.py repeats these as its pretrain.exclude.
 HEAD_PATTERNS = [r"^cls_(conv\d+|pred)_", r"^bbox_(conv\d+|pred)_"]

@@ -1,10 +1,12 @@
 """Shared test helpers.
 
 - The repo root goes on sys.path so tests import `config`, `models`, ... without installing.
-- REFERENCE_DIR is `<repo>/../shared/reference` (the PyTorch fixtures, DESIGN.md §5);
+- REFERENCE_DIR is `<repo>/../shared/reference` (the PyTorch fixtures, docs/design.md §5);
   `require_reference(name)` returns a fixture's path or skips the test with the reason.
-- `run_script(args, timeout)` runs a repo script the way a user would: this interpreter,
-  cwd = repo root. Tests import these names with `from conftest import ...`.
+- `run_script(args, timeout, cwd)` runs a repo script the way a user would: this interpreter,
+  cwd = the repo root unless given. A script that writes into its working directory (training and
+  detection_test.py write ./experiments/) must run with cwd=tmp_path: tests write under tmp_path
+  only. Tests import these names with `from conftest import ...`.
 """
 import os
 import subprocess
@@ -29,15 +31,17 @@ def require_reference(name):
     return path
 
 
-def run_script(args, timeout=300):
-    """Run `python <args...>` from the repo root; returns the CompletedProcess (text, not checked).
+def run_script(args, timeout=300, cwd=REPO):
+    """Run `python <args...>` in `cwd`; returns the CompletedProcess (text, not checked).
 
+    args[0], the script, is taken relative to the repo root; other relative paths to `cwd`.
     PYTHONPATH carries the repo root so scripts import the packages even when the venv was not
     built by `make` (which adds the root through a .pth file).
     """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
-    return subprocess.run([sys.executable] + [str(a) for a in args], cwd=REPO, env=env,
+    args = [os.path.join(REPO, str(args[0]))] + [str(a) for a in args[1:]]
+    return subprocess.run([sys.executable] + args, cwd=str(cwd), env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -9,8 +9,9 @@ from config.base import make_config
 from core.augment import minus_rect
 from core.dataset import save_roidb
 from core.loader import DetectionLoader
-from core.mixing import MixTransform
-from core.transforms import DetTransform, build_transform
+from core.mixing import MixStep
+from core.pipeline import Compose, build_transform
+from core.transforms import DetTransform
 from utils.errors import UserError
 
 MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
@@ -75,7 +76,8 @@ def _check_follow(sample, mask_fn):
 
 def _transform(roidb, **kw):
     det = DetTransform((SIZE, SIZE), MEAN, STD, train=True, hflip_prob=0.5, scale_range=(0.7, 1.3))
-    return MixTransform(det, roidb, num_classes=len(PALETTE), **kw)
+    return Compose([MixStep(roidb, num_classes=len(PALETTE), min_box_size=det.min_box_size,
+                            min_visible=det.min_visible, **kw), det])
 
 
 @pytest.mark.parametrize("kind", ["mosaic", "cutmix", "paste_crops"])
@@ -140,9 +142,10 @@ def test_minus_rect_cases():
 def test_off_by_default_and_bad_settings(data, tmp_path):
     primary, roidb = data
     cfg = make_config(True, {"DatasetParam.image_size": (SIZE, SIZE)})
-    assert type(build_transform(cfg, True)) is DetTransform                # nothing changes when off
+    steps = lambda t: [type(s) for s in t.steps]                          # noqa: E731
+    assert steps(build_transform(cfg, True)) == [DetTransform]           # nothing changes when off
     cfg.DatasetParam.mosaic_prob = 0.5
-    assert isinstance(build_transform(cfg, True, roidb), MixTransform)
+    assert steps(build_transform(cfg, True, roidb)) == [MixStep, DetTransform]    # mixing, then geometry
     with pytest.raises(UserError, match="need the training roidb"):
         build_transform(cfg, True)
     with pytest.raises(UserError, match="distractors"):

@@ -17,7 +17,8 @@ from config.base import make_config
 from core.dataset import format_stats, load_coco, load_csv, save_roidb
 from core.loader import DetectionLoader
 from core.roidb import load_config_roidb
-from core.transforms import DetTransform, ImageReadError, read_image
+from core.image_io import ImageReadError, read_image
+from core.transforms import DetTransform
 from utils.checkpoint import load_params, read_params
 from utils.config import load_config
 from utils.errors import UserError

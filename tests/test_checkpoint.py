@@ -55,7 +55,7 @@ def test_kill_9_during_saves_never_yields_a_corrupt_checkpoint(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)
     last = -1
     for _ in range(5):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(SIDE)], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(SIDE)], cwd=str(tmp_path),
                                 env=env, stderr=subprocess.PIPE)
         try:
             deadline = time.time() + 30

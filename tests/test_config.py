@@ -1,4 +1,4 @@
-"""Config loading: every user error is one clear UserError, variants match DESIGN.md §3, no leaks."""
+"""Config loading: every user error is one clear UserError, variants match docs/design.md §3, no leaks."""
 import ast
 import os
 import re
@@ -11,7 +11,7 @@ from utils.errors import UserError, run_cli
 
 B0 = os.path.join(REPO, "config", "efficientdet_b0.py")
 
-# DESIGN.md §3, typed in independently of models/efficientdet/scaling.py:
+# docs/design.md §3, typed in independently of models/efficientdet/scaling.py:
 # file: (backbone, image size, BiFPN width, BiFPN repeats, head repeats, anchor scale, fusion, max level)
 VARIANTS = {
     "efficientdet_b0": ("efficientnet_b0", 512, 64, 3, 3, 4.0, "fast", 7),

@@ -60,7 +60,9 @@ def _dataset(folder, num_images):
 
 
 def _train(sets, resume=False):
-    args = ["detection_train.py", "--config", "config/quickstart.py"] + [a for s in sets for a in ("--set", s)]
+    """detection_train.py arguments; every path is absolute, as the runs' cwd is tmp_path."""
+    args = [os.path.join(REPO, "detection_train.py"), "--config", os.path.join(REPO, "config", "quickstart.py")] + \
+        [a for s in sets for a in ("--set", s)]
     return args + (["--resume"] if resume else [])
 
 
@@ -69,14 +71,15 @@ def _launch(workers, train_args, extra=()):
         ["--", sys.executable] + train_args
 
 
-def _exp(name):
-    return os.path.join(REPO, "experiments", name)
+def _exp(tmp_path, name):
+    """The run's folder: training runs with cwd = tmp_path, so experiments/ lands there."""
+    return os.path.join(str(tmp_path), "experiments", name)
 
 
-def _run(argv, timeout):
-    """subprocess.run, except that a launcher that overruns gets SIGTERM, so it stops its processes
-    (SIGKILL would orphan them: they run in their own sessions)."""
-    proc = subprocess.Popen(argv, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _run(argv, timeout, cwd):
+    """subprocess.run in `cwd`, except that a launcher that overruns gets SIGTERM, so it stops its
+    processes (SIGKILL would orphan them: they run in their own sessions)."""
+    proc = subprocess.Popen(argv, cwd=str(cwd), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -153,15 +156,15 @@ def test_two_workers_batch_2_equal_one_worker_batch_4(tmp_path):
     try:
         res = _run([sys.executable] + _train(common + [
             "General.name=" + single, "General.batch_image=4",
-            "OptimizeParam.lr_per_64=%r" % (lr * (4 * q + 1) / (4 * q + 2))]), timeout=300)
+            "OptimizeParam.lr_per_64=%r" % (lr * (4 * q + 1) / (4 * q + 2))]), timeout=300, cwd=tmp_path)
         assert res.returncode == 0, res.stderr[-2000:]
         res = _run(_launch(2, _train(common + ["General.name=" + dist, "General.batch_image=2",
-                                               "OptimizeParam.lr_per_64=%r" % lr])), timeout=300)
+                                               "OptimizeParam.lr_per_64=%r" % lr])), timeout=300, cwd=tmp_path)
         assert res.returncode == 0, res.stdout[-3000:]
         assert "lr: base %g (%g per 64 images x batch 4)" % (lr * 4 / 64, lr) in res.stdout
-        a = mx.nd.load(os.path.join(_exp(single), single + "-0001.params"))
-        b = mx.nd.load(os.path.join(_exp(dist), dist + "-0001.params"))
-        assert latest_checkpoint(_exp(dist))["iteration"] == 3
+        a = mx.nd.load(os.path.join(_exp(tmp_path, single), single + "-0001.params"))
+        b = mx.nd.load(os.path.join(_exp(tmp_path, dist), dist + "-0001.params"))
+        assert latest_checkpoint(_exp(tmp_path, dist))["iteration"] == 3
         worst, diff2, update2, init2 = [], 0.0, 0.0, 0.0
         for key, value in a.items():
             name = key.split(":", 1)[1]
@@ -180,7 +183,7 @@ def test_two_workers_batch_2_equal_one_worker_batch_4(tmp_path):
         assert np.sqrt(diff2 / update2) <= 1e-4
         assert np.sqrt(update2 / init2) > 1e-2               # the weights did move
     finally:
-        subprocess.run(["rm", "-rf", _exp(single), _exp(dist)])
+        subprocess.run(["rm", "-rf", _exp(tmp_path, single), _exp(tmp_path, dist)])
 
 
 def test_training_with_launcher_rank0_outputs_and_resume(tmp_path):
@@ -191,25 +194,26 @@ def test_training_with_launcher_rank0_outputs_and_resume(tmp_path):
             "DatasetParam.num_workers=1", "General.log_frequency=1", "General.batch_image=2",
             "General.checkpoint_iters=1", "DatasetParam.train_roidb=" + roidb, "General.name=" + name]
     try:
-        res = _run(_launch(2, _train(sets + ["OptimizeParam.schedule.end_epoch=1"])), timeout=300)
+        res = _run(_launch(2, _train(sets + ["OptimizeParam.schedule.end_epoch=1"])), timeout=300, cwd=tmp_path)
         assert res.returncode == 0, res.stdout[-3000:]
         assert re.search(r"^\[worker \d\] .* rank 1 INFO train: training", res.stdout, re.M)  # console only
-        log = open(os.path.join(_exp(name), "train.log")).read()
+        log = open(os.path.join(_exp(tmp_path, name), "train.log")).read()
         assert log.count("INFO train: training") == 1 and "(rank 0)" in log and " rank 1 " not in log
-        rows = open(os.path.join(_exp(name), "metrics.csv")).read().splitlines()[1:]
+        rows = open(os.path.join(_exp(tmp_path, name), "metrics.csv")).read().splitlines()[1:]
         assert [int(r.split(",")[1]) for r in rows] == [1, 2]    # 8 images / (2 x 2): one writer
-        assert [m["iteration"] for m in list_checkpoints(_exp(name))] == [1, 2]
-        assert os.path.isfile(os.path.join(_exp(name), name + "-0001.params"))
-        assert os.path.isfile(os.path.join(_exp(name), "loss_curve.png"))
+        assert [m["iteration"] for m in list_checkpoints(_exp(tmp_path, name))] == [1, 2]
+        assert os.path.isfile(os.path.join(_exp(tmp_path, name), name + "-0001.params"))
+        assert os.path.isfile(os.path.join(_exp(tmp_path, name), "loss_curve.png"))
 
-        res = _run(_launch(2, _train(sets + ["OptimizeParam.schedule.end_epoch=2"], resume=True)), timeout=300)
+        res = _run(_launch(2, _train(sets + ["OptimizeParam.schedule.end_epoch=2"], resume=True)), timeout=300,
+                   cwd=tmp_path)
         assert res.returncode == 0, res.stdout[-3000:]
         assert len(re.findall(r"resuming from epoch 1, iteration 2", res.stdout)) == 2   # every rank
-        assert latest_checkpoint(_exp(name))["iteration"] == 4
-        rows = open(os.path.join(_exp(name), "metrics.csv")).read().splitlines()[1:]
+        assert latest_checkpoint(_exp(tmp_path, name))["iteration"] == 4
+        rows = open(os.path.join(_exp(tmp_path, name), "metrics.csv")).read().splitlines()[1:]
         assert [int(r.split(",")[1]) for r in rows] == [1, 2, 3, 4]
     finally:
-        subprocess.run(["rm", "-rf", _exp(name)])
+        subprocess.run(["rm", "-rf", _exp(tmp_path, name)])
 
 
 def test_killed_worker_stops_the_job(tmp_path):
@@ -222,10 +226,10 @@ def test_killed_worker_stops_the_job(tmp_path):
     out_path = str(tmp_path / "launcher.out")
     try:
         with open(out_path, "w") as out:
-            proc = subprocess.Popen(args, cwd=REPO, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(args, cwd=str(tmp_path), env=ENV, stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline = time.time() + 180
-            metrics = os.path.join(_exp(name), "metrics.csv")
+            metrics = os.path.join(_exp(tmp_path, name), "metrics.csv")
             while time.time() < deadline and proc.poll() is None:
                 if os.path.isfile(metrics) and len(open(metrics).read().splitlines()) > 2:
                     break                                      # two steps done: training runs
@@ -244,7 +248,7 @@ def test_killed_worker_stops_the_job(tmp_path):
         assert code != 0 and "worker 1 was killed by SIGKILL: stopping the others" in text, text[-2000:]
         assert all(_gone(pid) for pid in pids.values())
     finally:
-        subprocess.run(["rm", "-rf", _exp(name)])
+        subprocess.run(["rm", "-rf", _exp(tmp_path, name)])
 
 
 FAIL_FIRST_WORKER = """
@@ -271,13 +275,13 @@ def test_failing_worker_exits_and_stops_the_job(tmp_path):
         "DatasetParam.train_roidb=" + roidb, "General.name=" + name, "General.batch_image=2"]))
     try:
         start = time.time()
-        res = _run(args, timeout=120)
+        res = _run(args, timeout=120, cwd=tmp_path)
         assert res.returncode == 2, res.stdout[-3000:]
         assert "error: roidb cache not found: /nonexistent/roidb.json" in res.stdout
         assert re.search(r"worker \d exited with code 2: stopping the others", res.stdout)
         assert time.time() - start < 60
     finally:
-        subprocess.run(["rm", "-rf", _exp(name)])
+        subprocess.run(["rm", "-rf", _exp(tmp_path, name)])
 
 
 FAKE = """
@@ -365,5 +369,5 @@ def test_ssh_dry_run_commands(tmp_path):
 def test_dist_kvstore_without_launcher_is_one_line(tmp_path):
     roidb = _dataset(str(tmp_path / "data"), 2)
     res = run_script(_train(EXACT + ["DatasetParam.train_roidb=" + roidb, "KvstoreParam.kvstore=dist_sync"]),
-                     timeout=120)
+                     timeout=120, cwd=tmp_path)
     assert res.returncode == 2 and "start training with scripts/launch.py" in res.stderr, res.stderr[-2000:]

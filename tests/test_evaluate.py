@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from core.evaluate import STAT_NAMES, evaluate, format_per_class, ground_truth, to_coco_results, write_json
+from core.evaluate import STAT_NAMES, evaluate, format_per_class, ground_truth, to_coco_results
+from utils.fileio import write_json
 
 CATEGORIES = [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}, {"id": 9, "name": "unicorn"}]
 

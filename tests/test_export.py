@@ -83,9 +83,9 @@ def test_export_carries_the_class_names(exported):
 def test_deploy_checkpoint_equals_test_symbol_on_the_eval_transform(exported, tmp_path):
     """The saved deploy graph on prepare_image's raw pixels == the test symbol on the eval
     transform's normalised, 0-padded input (same weights)."""
-    from core.transforms import build_transform
+    from core.pipeline import build_transform
+    from core.transforms import prepare_image
     from models.efficientdet.builder import get_test_symbol
-    from models.efficientdet.deploy import prepare_image
     from models.efficientdet.postprocess import match_detections
     from utils.config import load_config
 

@@ -144,7 +144,7 @@ def test_wrs_finetune_flow(tmp_path):
     save_epoch_params(coco, arg, aux)
     name = "test_wrs_%d" % os.getpid()
     sets = [a for s in WRS_TINY + ["General.batch_image=2"] for a in ("--set", s)]
-    exp = os.path.join(REPO, "experiments", name)
+    exp = str(tmp_path / "experiments" / name)             # finetune.sh writes into its cwd, tmp_path
     try:
         res = subprocess.run(["bash", os.path.join(REPO, "scripts/wrs/finetune.sh"), "--coco", coco, "--name", name,
                               "--train-roidb", roidbs["train"], "--val-roidb", roidbs["val"]] + sets,

@@ -126,8 +126,8 @@ def test_class_names_from_config_roidb_or_numbers(tmp_path):
 @pytest.mark.parametrize("hw", [(37, 211), (500, 90), (128, 128)])
 def test_prepare_image_is_the_eval_transform_before_normalisation(tmp_path, hw):
     """Normalising prepare_image's output (mean padding -> 0) gives the eval transform's input."""
-    from core.transforms import build_transform
-    from models.efficientdet.deploy import prepare_image
+    from core.pipeline import build_transform
+    from core.transforms import prepare_image
     cfg = make_config(False, {"DatasetParam.image_size": (96, 128)})
     image = np.random.RandomState(1).randint(0, 255, hw + (3,)).astype(np.uint8)
     cv2.imwrite(str(tmp_path / "x.png"), image[:, :, ::-1])

@@ -64,7 +64,7 @@ def test_two_fold_finetune_and_ensemble(tmp_path):
     coco = str(tmp_path / "coco-0000.params")
     save_epoch_params(coco, arg, aux)
     name = "test_kfold_%d" % os.getpid()
-    exps = [os.path.join(REPO, "experiments", n) for n in (name, name + "_fold0", name + "_fold1")]
+    exps = [str(tmp_path / "experiments" / n) for n in (name, name + "_fold0", name + "_fold1")]   # kfold.sh's cwd
     sets = [a for s in WRS_TINY + ["General.batch_image=2"] for a in ("--set", s)]
     try:
         res = subprocess.run(["bash", os.path.join(REPO, "scripts/wrs/kfold.sh"), "--k", "2", "--coco", coco,

@@ -26,7 +26,7 @@ def test_d0_nasfpn_parameter_count_by_hand():
     cfg = load_config(B0_NASFPN, ["DatasetParam.num_classes=90"], is_train=False)
     w, repeats, head, classes, anchors = 64, 3, 3, 90, 9
     assert (cfg.NeckParam.width, cfg.NeckParam.repeats, cfg.HeadParam.repeats) == (w, repeats, head)
-    # Backbone: the B0 classifier (DESIGN §3) without its 1x1 conv 320->1280 + BN and its FC 1280->1000.
+    # Backbone: the B0 classifier (docs/design.md §3) without its 1x1 conv 320->1280 + BN and its FC 1280->1000.
     backbone = 5288548 - (320 * 1280 + 2 * 1280) - (1280 * 1000 + 1000)
     # Neck. Projections of P3/P4/P5 (40/112/320 channels): 1x1 conv with bias + BN gamma/beta.
     # P6 and P7 are max-pools of the projected level below: no parameters.
@@ -168,10 +168,10 @@ def test_training_lowers_the_loss(tmp_path):
             "DatasetParam.color_jitter=(0.0, 0.0, 0.0, 0.0)", "OptimizeParam.optimizer=adamw",
             "OptimizeParam.lr_per_64=0.16", "OptimizeParam.warmup.epochs=2.0", "OptimizeParam.ema_decay=0",
             "OptimizeParam.schedule.end_epoch=20"]
-    exp = os.path.join(REPO, "experiments", name)
+    exp = str(tmp_path / "experiments" / name)             # training runs with cwd = tmp_path
     try:
-        res = run_script(["detection_train.py", "--config", B0_NASFPN] + [a for s in sets for a in ("--set", s)],
-                         timeout=300)
+        res = run_script(["detection_train.py", "--config", os.path.join(REPO, B0_NASFPN)] +
+                         [a for s in sets for a in ("--set", s)], timeout=300, cwd=tmp_path)
         assert res.returncode == 0, res.stderr[-2000:]
         rows = list(csv.DictReader(open(os.path.join(exp, "metrics.csv"))))
         total = np.array([float(r["cls_loss"]) + 50 * float(r["box_loss"]) for r in rows])

@@ -257,7 +257,7 @@ def test_match_detections_tolerates_ties_not_differences():
 def test_onnx_export_of_postprocess_matches_mxnet(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from utils.onnx_export import export_onnx, ort_session   # opset forced to 13 (DESIGN.md §2)
+    from utils.onnx_export import export_onnx, ort_session   # opset forced to 13 (docs/design.md §2)
     cfg = small_cfg()
     cls_pred, box_pred, scale = random_problem(cfg, batch=1)
     want = run_postprocess(cfg, cls_pred, box_pred, scale)

@@ -21,7 +21,7 @@ OFFICIAL = {
     "efficientnet_b6": ([32, 40, 72, 144, 200, 344, 576], [3, 6, 6, 8, 8, 11, 3], 56, 2304),
     "efficientnet_b7": ([32, 48, 80, 160, 224, 384, 640], [4, 7, 7, 10, 10, 13, 4], 64, 2560),
 }
-# DESIGN.md §3: P3/P4/P5 channels (outputs of stages 3, 5, 7).
+# docs/design.md §3: P3/P4/P5 channels (outputs of stages 3, 5, 7).
 PYRAMID = {"b0": (40, 112, 320), "b1": (40, 112, 320), "b2": (48, 120, 352), "b3": (48, 136, 384),
            "b4": (56, 160, 448), "b5": (64, 176, 512), "b6": (72, 200, 576), "b7": (80, 224, 640)}
 
@@ -56,8 +56,8 @@ def test_efficientdet_formula_is_only_approximate():
     assert efficientdet_formula(0) == {"bifpn_width": 64, "bifpn_depth": 3, "head_depth": 3, "resolution": 512}
     assert efficientdet_formula(3)["head_depth"] == 4 and efficientdet_formula(6)["head_depth"] == 5
     # where the shipped table departs from the paper's rule (the table wins)
-    assert efficientdet_formula(5)["resolution"] == 1152 != EFFICIENTDET_PARAMS["d5"][1]
-    assert efficientdet_formula(7)["bifpn_depth"] == 10 != EFFICIENTDET_PARAMS["d7"][3]
+    assert efficientdet_formula(5)["resolution"] == 1152 != EFFICIENTDET_PARAMS["d5"].image_size
+    assert efficientdet_formula(7)["bifpn_depth"] == 10 != EFFICIENTDET_PARAMS["d7"].fpn_repeats
 
 
 def compound_json(*args):
@@ -78,7 +78,9 @@ def test_calculator_json():
     for name, (channels, repeats, stem, head) in OFFICIAL.items():
         row = out["efficientnet"][name]
         assert (row["channels"], row["repeats"], row["stem"], row["head"]) == (channels, repeats, stem, head)
-        assert [row["width"], row["depth"], row["resolution"], row["dropout"]] == list(EFFICIENTNET_PARAMS[name])
+        v = EFFICIENTNET_PARAMS[name]
+        assert [row["width"], row["depth"], row["resolution"], row["dropout"]] == [v.width, v.depth, v.resolution,
+                                                                                 v.dropout]
     assert out["efficientnet"]["efficientnet_b7"]["p3_p5"] == [80, 224, 640]
     assert set(out["efficientdet"]) == set(EFFICIENTDET_PARAMS)
     d7x = out["efficientdet"]["d7x"]["official"]

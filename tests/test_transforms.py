@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from config.base import make_config
-from core.transforms import DetTransform, ImageReadError, build_transform
+from core.image_io import ImageReadError
+from core.pipeline import build_transform
+from core.transforms import DetTransform
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
@@ -128,8 +130,9 @@ def test_build_transform_reads_config(tmp_path):
     cfg = make_config(True, {"DatasetParam.image_size": (64, 80), "DatasetParam.scale_range": (1.0, 1.0),
                              "DatasetParam.hflip_prob": 0.0})
     t = build_transform(cfg, is_train=True)
-    assert t.size == (64, 80) and t.train and t.scale_range == (1.0, 1.0)
+    geometry, = t.steps                                          # no mixing configured
+    assert geometry.size == (64, 80) and geometry.train and geometry.scale_range == (1.0, 1.0)
     rec = _record(tmp_path, 64, 80, (8, 8, 40, 40))
     out = t(rec, np.random.RandomState(0))
     np.testing.assert_allclose(out["boxes"], [[8, 8, 40, 40]])   # scale 1, no flip, no crop room
-    assert not build_transform(cfg, is_train=False).train
+    assert not build_transform(cfg, is_train=False).steps[-1].train

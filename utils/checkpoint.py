@@ -24,45 +24,12 @@ import time
 import mxnet as mx
 
 from utils.errors import UserError
+from utils.fileio import atomic_write, write_bytes
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^ckpt-(\d{4,})-(\d{7,})\.(params|states|json)$")
 _AUX_HINTS = ("moving_mean", "moving_var", "running_mean", "running_var")
 CLASS_NAMES_KEY = "meta:class_names"
-
-
-def _fsync_dir(path):
-    # The rename itself is durable only once the directory entry is flushed.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path, write):
-    """Call write(tmp_path), fsync the result, then move it over `path` in one rename. A failure
-    (OSError) leaves `path` as it was and is re-raised naming `path`, not the temp file."""
-    folder, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, ".%s.tmp-%d" % (base, os.getpid()))
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise type(e)(e.errno, "cannot write %s: %s" % (path, e.strerror or e)) from e
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    _fsync_dir(folder)
-
-
-def _write_bytes(data):
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            f.write(data)
-    return write
 
 
 def _sha256(path):
@@ -130,7 +97,7 @@ def save_checkpoint(prefix_dir, epoch, iteration, arg_params, aux_params, optimi
     params.update({"ema:" + k: v for k, v in (ema_params or {}).items()})
     parts = [("params", stem + ".params", lambda tmp: save_nd(tmp, params))]
     if optimizer_states is not None:
-        parts.append(("states", stem + ".states", _write_bytes(optimizer_states)))
+        parts.append(("states", stem + ".states", write_bytes(optimizer_states)))
     for role, name, write in parts:
         path = os.path.join(prefix_dir, name)
         atomic_write(path, write)
@@ -146,7 +113,7 @@ def save_checkpoint(prefix_dir, epoch, iteration, arg_params, aux_params, optimi
         save_epoch_params(epoch_path, arg_params, aux_params, class_names)
         manifest["epoch_file"] = os.path.abspath(epoch_path)   # informational; never pruned
     text = json.dumps(manifest, indent=1, sort_keys=True).encode()
-    atomic_write(os.path.join(prefix_dir, stem + ".json"), _write_bytes(text))
+    atomic_write(os.path.join(prefix_dir, stem + ".json"), write_bytes(text))
     if keep_last:
         prune_checkpoints(prefix_dir, keep_last)
     manifest["dir"] = os.path.abspath(prefix_dir)

@@ -7,6 +7,7 @@ import ast
 import difflib
 import importlib.util
 import os
+import re
 import sys
 import types
 
@@ -28,6 +29,12 @@ class ConfigSet(types.SimpleNamespace):
                     yield prefix + k, v
         for name, cls in vars(self).items():
             yield from walk(name + ".", cls)
+
+
+def match_any(name, patterns):
+    """True if a regex of `patterns` is found in `name`: the parameter-name pattern lists of the
+    config (ModelParam.pretrain.fixed_param, ModelParam.pretrain.exclude)."""
+    return any(re.search(p, name) for p in patterns)
 
 
 def _suggest(name, options):

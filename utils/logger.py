@@ -6,8 +6,8 @@ import os
 import sys
 import time
 
-from utils.checkpoint import atomic_write
 from utils.errors import UserError
+from utils.fileio import atomic_write
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _FIXED_HEAD = ["epoch", "iter", "lr"]

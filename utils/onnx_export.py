@@ -1,6 +1,6 @@
 """ONNX export of MXNet symbols (`mx.onnx.export_model`) and onnxruntime sessions.
 
-DESIGN.md §2: mxnet 1.9.1's exporter needs onnx < 1.19 and writes opset-13 nodes, but it stamps
+docs/design.md §2: mxnet 1.9.1's exporter needs onnx < 1.19 and writes opset-13 nodes, but it stamps
 the model with onnx's newest opset and checks the graph against it, so ops whose signature
 changed later (Split and ReduceMean take inputs instead of attributes from opset 18) make
 onnxruntime refuse the file. Both the stamped opset (`onnx.defs.onnx_opset_version`) and the
@@ -12,8 +12,8 @@ import os
 
 import numpy as np
 
-from utils.checkpoint import atomic_write
 from utils.errors import UserError
+from utils.fileio import atomic_write
 
 OPSET = 13
 

@@ -3,13 +3,10 @@ import logging
 import re
 
 from utils.checkpoint import load_params
+from utils.config import match_any
 from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
-
-
-def match_any(name, patterns):
-    return any(re.search(p, name) for p in patterns)
 
 
 def fixed_param_names(arg_names, patterns):

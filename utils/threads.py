@@ -6,7 +6,7 @@ set are left alone.
 
 Threads are not bound to cores (OMP_PROC_BIND): binding pins the main thread to the first core,
 and every thread it starts later inherits that single core (the loader's threads, onnxruntime's
-pool: measured 1.7x slower). On the development machine binding gave no measurable gain either.
+pool), which slows them down; binding gave no gain to MXNet itself either (docs/speed.md).
 """
 import os
 import sys

@@ -48,7 +48,7 @@ def efficientnet_features(data, hw, variant, drop_connect=0.0, bn_momentum=0.99,
     """EfficientNet trunk on `data` (batch, 3, H, W); the graph is built for that batch (the SE
     gates fold it into channels). Returns {"stage1".."stage7": (symbol, channels, hw)}."""
     bn = {"bn": {"momentum": bn_momentum, "eps": bn_eps}}
-    width = EFFICIENTNET_PARAMS[variant][0]
+    width = EFFICIENTNET_PARAMS[variant].width
     stem = round_filters(STEM_CHANNELS, width)
     x, hw = conv_bn(data, "stem", hw, stem, 3, 2, in_channels=3, **bn)
     stages = scaled_stages(variant)
@@ -76,7 +76,8 @@ def efficientnet_classifier(variant, image_size=None, num_classes=1000, drop_con
     dropout, FC. Input (N, 3, H, W) normalised RGB with (H, W) = image_size (an int means square;
     default: the variant's resolution) and N = batch; output (N, num_classes) logits named `fc_output`.
     """
-    width, _, resolution, dropout = EFFICIENTNET_PARAMS[variant]
+    v = EFFICIENTNET_PARAMS[variant]
+    width, resolution, dropout = v.width, v.resolution, v.dropout
     size = image_size or resolution
     hw = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
     data = mx.sym.Variable("data")

@@ -10,7 +10,7 @@ from models.efficientdet.layers import graph_target
 from models.efficientdet.loss import detection_loss
 from models.efficientdet.nasfpn import nasfpn
 from models.efficientdet.postprocess import candidates, flat_predictions, postprocess
-from utils.pretrain import match_any
+from utils.config import match_any
 
 NECKS = {"bifpn": bifpn, "nasfpn": nasfpn}
 

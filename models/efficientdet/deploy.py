@@ -1,10 +1,10 @@
-"""The deployable graph: normalisation + network + post-processing in one symbol, and the
-caller-side resize that goes with it.
+"""The deployable graph: normalisation + network + post-processing in one symbol. The caller-side
+resize that goes with it is core.transforms.prepare_image.
 
 Contract of the deploy graph (scripts/export.py writes it, detection_infer.py runs it):
   inputs  `data` (N, 3, H, W) float32 RGB 0-255, (H, W) = DatasetParam.image_size: the image
           resized to fit keeping its aspect, placed top-left, the rest filled with the mean colour
-          NormalizeParam.mean (prepare_image does exactly this);
+          NormalizeParam.mean (core.transforms.prepare_image does exactly this);
           `im_scale` (N, 1): network input = original image * im_scale.
   output  `detections_output` (N, TestParam.max_det, 6): x1, y1, x2, y2 in original pixels,
           score, class (0-based); padding rows are all -1.
@@ -13,9 +13,7 @@ mean padding gives the same network input without a mask input. Padding with the
 mean instead is off by under 0.5/std (~0.01) in the padded area only.
 """
 import mxnet as mx
-import numpy as np
 
-from core.transforms import DetTransform
 from models.efficientdet.builder import get_test_symbol
 from models.efficientdet.layers import graph_target
 from utils.onnx_export import export_onnx
@@ -45,21 +43,6 @@ def get_deploy_symbol(cfg, portable=False, nms=True):
     normalised = mx.sym.broadcast_mul(mx.sym.broadcast_sub(raw, mean), inv_std)
     # Composition replaces the test symbol's `data` variable by the normalised input.
     return get_test_symbol(cfg, nms)(data=normalised)
-
-
-def prepare_image(image_rgb, image_size, mean):
-    """One image for the deploy graph: the eval transform (core/transforms.py) without the
-    normalisation, padded with the mean colour.
-
-    image_rgb: (h, w, 3) uint8 RGB; image_size: (H, W); mean: 3 floats (RGB 0-255).
-    Returns (data float32 (3, H, W), scale) with network input = original * scale.
-    """
-    # With std 1 the eval transform yields x - mean, padded with 0; adding the mean back gives
-    # the pixels (to float32 rounding, < 2e-5) and pads with exactly the mean.
-    record = {"pixels": image_rgb, "image_id": 0, "boxes": np.zeros((0, 4), np.float32),
-              "classes": np.zeros(0, np.int32)}
-    sample = DetTransform(image_size, mean, (1.0, 1.0, 1.0), train=False)(record)
-    return sample["data"] + np.asarray(mean, np.float32)[:, None, None], sample["scale"]
 
 
 def export_deploy_onnx(cfg, params, batch, path, metadata=None):

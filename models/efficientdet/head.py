@@ -1,6 +1,6 @@
 """RetinaNet-style class and box nets of EfficientDet.
 
-Conv weights are shared across levels; each (repeat, level) has its own BN. Names (DESIGN.md §4):
+Conv weights are shared across levels; each (repeat, level) has its own BN. Names (docs/design.md §4):
   {p}_conv{i}_dw_weight, {p}_conv{i}_weight, {p}_conv{i}_bias   i = 1..repeats, p in (cls, bbox)
   {p}_conv{i}_bn_p{L}_*                                          per-level BN
   {p}_pred_dw_weight, {p}_pred_weight, {p}_pred_bias             predictor

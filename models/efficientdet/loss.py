@@ -33,7 +33,8 @@ def positives_normaliser(cls_target):
 
 def row_sums(x, width):
     """x (..., width) -> (prod(...), 1): sums over the last axis as one matrix product with a ones
-    column. The generic `sum` reduction is single-threaded and ~6x slower on the class logits."""
+    column. The generic `sum` reduction is single-threaded and several times slower on the class
+    logits."""
     return mx.sym.FullyConnected(mx.sym.reshape(x, shape=(-1, width)), weight=mx.sym.ones((1, width)),
                                  num_hidden=1, no_bias=True)
 

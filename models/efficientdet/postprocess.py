@@ -4,7 +4,7 @@
 Per image:
 1. top-T over all (anchor, class) logits, T = min(TestParam.topk_candidates, A*C). Logits are
    ranked directly (sigmoid is monotonic), so only the T winners see a sigmoid;
-2. decode the winners' box codes against their anchors (DESIGN.md §3 box coder, no variances)
+2. decode the winners' box codes against their anchors (docs/design.md §3 box coder, no variances)
    to x1, y1, x2, y2 in network-input pixels;
 3. per-class NMS, hard (IoU > TestParam.nms_thresh suppresses) or Gaussian soft-NMS (a same-class
    box's score is multiplied by exp(-IoU^2 / TestParam.soft_nms_sigma)), keeping max_det;
@@ -14,24 +14,24 @@ Per image:
 Output (N, max_det, 6): x1, y1, x2, y2, score, class (0-based contiguous), best first; a padding
 row is -1 in all six fields.
 
-Cost (D0 at 512: 4.4 M logits; ~21 ms hard, ~23 ms soft against a ~275 ms forward on the 2-core
-dev machine, scripts/benchmark_postprocess.py):
+Cost (D0 at 512 has 4.4 M logits; scripts/benchmark_postprocess.py measures each part against
+the forward pass):
 - flat_predictions runs the heads' shared last 1x1 convolution once over all levels as a
   FullyConnected, which yields the logits already in (anchor, class) order: no transpose or
-  concatenation of the wide outputs (MXNet's concat alone would take ~7 ms);
-- one top-T over the flat logits (~12 ms, the bulk of the cost); the winners' anchors are computed
+  concatenation of the wide outputs (MXNet's concat of them is slow on CPU);
+- one top-T over the flat logits (the bulk of the cost); the winners' anchors are computed
   from their indices (level, y, x, k) by arithmetic, so anchors need no input, parameter or
   constant array: the symbol keeps the inputs `data` and `im_scale` only and survives save/load
   and ONNX export as it is;
-- NMS as below (~9 ms). Reductions other than topk/argmax are slow in MXNet on CPU (a 2-element
-  `sum` or `prod` costs ~40 adds), so sums and products over small axes are spelled out.
+- NMS as below. Reductions other than topk/argmax are slow in MXNet on CPU (a 2-element `sum` or
+  `prod` costs as much as dozens of adds), so sums and products over small axes are spelled out.
 
 NMS is a greedy selection unrolled max_det times: take the best remaining candidate, emit it, then
 suppress or decay the candidates of its class by their IoU with it. The k-th pick of greedy NMS
 depends only on the picks before it, so the first max_det picks are exactly the first max_det
 survivors of a full NMS over all T candidates (soft-NMS scores only fall, so its picks also come
-out best first). That is max_det passes over T boxes, where `contrib.box_nms` is O(T^2) (~30 ms
-for T = 5000 here) and exports to ONNX class-agnostic (DESIGN.md §2).
+out best first). That is max_det passes over T boxes, where `contrib.box_nms` is O(T^2) and
+exports to ONNX class-agnostic (docs/design.md §2).
 """
 import mxnet as mx
 import numpy as np
@@ -79,8 +79,8 @@ def flat_predictions(cls_outputs, box_outputs, num_classes):
     Each head ends in a 1x1 convolution shared by all levels. Its per-level inputs (64 channels
     for D0) are flattened and concatenated instead, and the 1x1 convolution runs once over all
     positions as a FullyConnected, whose (position, K*C) output is already in anchor order. No
-    transpose or concatenation of the K*C-channel outputs is left (MXNet's concat moves D0's
-    4.4 M logits at ~2.6 GB/s: ~7 ms), and the per-level 1x1 convolutions drop out of the graph.
+    transpose or concatenation of the K*C-channel outputs is left (MXNet's concat of D0's 4.4 M
+    logits is slow on CPU), and the per-level 1x1 convolutions drop out of the graph.
     The FullyConnected takes the convolution's weight as a new variable of the same name with its
     shape stated, so a graph must not use both these outputs and the per-level ones.
     """
@@ -186,7 +186,7 @@ def greedy_nms(boxes, scores, classes, max_det, nms_type="hard", iou_thresh=0.5,
     boxes (N, T, 4) x1, y1, x2, y2; scores (N, T) in [0, 1]; classes (N, T).
     Returns picks (N, max_det, 6) as (-x1, -y1, x2, y2, class, area) and their scores
     (N, max_det), best first; once every candidate is used up, picks repeat with scores < 0.
-    The loop body is ~22 small ops over (N, T) arrays, ~90 us per pick for T = 5000.
+    The loop body is ~22 small ops over (N, T) arrays per pick.
     """
     if nms_type not in ("hard", "soft"):
         raise ValueError("unknown TestParam.nms_type '%s' (hard or soft)" % nms_type)

@@ -1,20 +1,32 @@
 """Compound scaling: the official EfficientNet / EfficientDet coefficient tables and rounding rules.
 
 Everything here is plain Python so that configs, model builders and the calculator script share
-one source of truth.
+one source of truth. A table row is a frozen dataclass read by field name (as effdet's
+model_config.py does); a new per-variant setting is one more field, with a default when most
+variants share it, and the rows that differ name it.
 """
 import math
+from dataclasses import dataclass
 
-# (width, depth, resolution, dropout) per EfficientNet variant.
+
+@dataclass(frozen=True)
+class EfficientNetVariant:
+    """Compound coefficients of one EfficientNet (docs/design.md §3)."""
+    width: float                # channel multiplier
+    depth: float                # repeats multiplier
+    resolution: int             # classifier input side, px
+    dropout: float              # classifier dropout before the FC
+
+
 EFFICIENTNET_PARAMS = {
-    "efficientnet_b0": (1.0, 1.0, 224, 0.2),
-    "efficientnet_b1": (1.0, 1.1, 240, 0.2),
-    "efficientnet_b2": (1.1, 1.2, 260, 0.3),
-    "efficientnet_b3": (1.2, 1.4, 300, 0.3),
-    "efficientnet_b4": (1.4, 1.8, 380, 0.4),
-    "efficientnet_b5": (1.6, 2.2, 456, 0.4),
-    "efficientnet_b6": (1.8, 2.6, 528, 0.5),
-    "efficientnet_b7": (2.0, 3.1, 600, 0.5),
+    "efficientnet_b0": EfficientNetVariant(width=1.0, depth=1.0, resolution=224, dropout=0.2),
+    "efficientnet_b1": EfficientNetVariant(width=1.0, depth=1.1, resolution=240, dropout=0.2),
+    "efficientnet_b2": EfficientNetVariant(width=1.1, depth=1.2, resolution=260, dropout=0.3),
+    "efficientnet_b3": EfficientNetVariant(width=1.2, depth=1.4, resolution=300, dropout=0.3),
+    "efficientnet_b4": EfficientNetVariant(width=1.4, depth=1.8, resolution=380, dropout=0.4),
+    "efficientnet_b5": EfficientNetVariant(width=1.6, depth=2.2, resolution=456, dropout=0.4),
+    "efficientnet_b6": EfficientNetVariant(width=1.8, depth=2.6, resolution=528, dropout=0.5),
+    "efficientnet_b7": EfficientNetVariant(width=2.0, depth=3.1, resolution=600, dropout=0.5),
 }
 
 # B0 stages: (repeats, kernel, stride, expand_ratio, out_channels).
@@ -31,18 +43,41 @@ STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
 SE_RATIO = 0.25
 
-# EfficientDet table (DESIGN.md §3), authoritative over the paper's formula:
-# backbone, input size, BiFPN width, BiFPN repeats, head repeats, anchor scale, fusion, max level.
+
+
+@dataclass(frozen=True)
+class EfficientDetVariant:
+    """One row of the EfficientDet table (docs/design.md §3), which is
+    authoritative over the paper's formula."""
+    backbone: str               # EFFICIENTNET_PARAMS key
+    image_size: int             # square input side, px
+    fpn_width: int              # BiFPN channels
+    fpn_repeats: int            # BiFPN cells
+    head_repeats: int           # conv layers of the class and box nets before the predictor
+    anchor_scale: float = 4.0
+    fusion: str = "fast"        # BiFPN input fusion: fast, softmax or sum
+    max_level: int = 7          # pyramid P3..P<max_level>
+
+
 EFFICIENTDET_PARAMS = {
-    "d0": ("efficientnet_b0", 512, 64, 3, 3, 4.0, "fast", 7),
-    "d1": ("efficientnet_b1", 640, 88, 4, 3, 4.0, "fast", 7),
-    "d2": ("efficientnet_b2", 768, 112, 5, 3, 4.0, "fast", 7),
-    "d3": ("efficientnet_b3", 896, 160, 6, 4, 4.0, "fast", 7),
-    "d4": ("efficientnet_b4", 1024, 224, 7, 4, 4.0, "fast", 7),
-    "d5": ("efficientnet_b5", 1280, 288, 7, 4, 4.0, "fast", 7),
-    "d6": ("efficientnet_b6", 1280, 384, 8, 5, 4.0, "sum", 7),
-    "d7": ("efficientnet_b6", 1536, 384, 8, 5, 5.0, "sum", 7),
-    "d7x": ("efficientnet_b7", 1536, 384, 8, 5, 4.0, "sum", 8),
+    "d0": EfficientDetVariant(backbone="efficientnet_b0", image_size=512, fpn_width=64, fpn_repeats=3,
+                              head_repeats=3),
+    "d1": EfficientDetVariant(backbone="efficientnet_b1", image_size=640, fpn_width=88, fpn_repeats=4,
+                              head_repeats=3),
+    "d2": EfficientDetVariant(backbone="efficientnet_b2", image_size=768, fpn_width=112, fpn_repeats=5,
+                              head_repeats=3),
+    "d3": EfficientDetVariant(backbone="efficientnet_b3", image_size=896, fpn_width=160, fpn_repeats=6,
+                              head_repeats=4),
+    "d4": EfficientDetVariant(backbone="efficientnet_b4", image_size=1024, fpn_width=224, fpn_repeats=7,
+                              head_repeats=4),
+    "d5": EfficientDetVariant(backbone="efficientnet_b5", image_size=1280, fpn_width=288, fpn_repeats=7,
+                              head_repeats=4),
+    "d6": EfficientDetVariant(backbone="efficientnet_b6", image_size=1280, fpn_width=384, fpn_repeats=8,
+                              head_repeats=5, fusion="sum"),
+    "d7": EfficientDetVariant(backbone="efficientnet_b6", image_size=1536, fpn_width=384, fpn_repeats=8,
+                              head_repeats=5, fusion="sum", anchor_scale=5.0),
+    "d7x": EfficientDetVariant(backbone="efficientnet_b7", image_size=1536, fpn_width=384, fpn_repeats=8,
+                               head_repeats=5, fusion="sum", max_level=8),
 }
 
 # The paper's search result: depth = ALPHA**phi, width = BETA**phi, resolution = GAMMA**phi.
@@ -64,8 +99,8 @@ def round_repeats(repeats, depth_mult):
 
 def scaled_stages(variant):
     """B0 stage table scaled for `variant`: list of (repeats, kernel, stride, expand, out_channels)."""
-    width, depth = EFFICIENTNET_PARAMS[variant][:2]
-    return [(round_repeats(r, depth), k, s, e, round_filters(c, width)) for r, k, s, e, c in B0_STAGES]
+    v = EFFICIENTNET_PARAMS[variant]
+    return [(round_repeats(r, v.depth), k, s, e, round_filters(c, v.width)) for r, k, s, e, c in B0_STAGES]
 
 
 def compound_multipliers(phi):

@@ -17,22 +17,24 @@
 #   --set         passed to every finetune.sh run (on a CPU: --set General.fp16=false)
 #
 # Writes experiments/NAME/folds/ (the split), experiments/NAME_fold<j>/ (models; results-/eval-oof.json
-# and results-/eval-test.json) and experiments/NAME/ensemble.json, and prints COCO tables along the way.
+# and results-/eval-test.json) and experiments/NAME/ensemble.json in the current directory, and prints
+# COCO tables along the way. Defaults are relative to the repository root, given paths to the
+# current directory.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 K=5
-COCO=model/efficientdet_d4_coco-0000.params
-CONFIG=config/efficientdet_b4_wrs.py
+COCO=$ROOT/model/efficientdet_d4_coco-0000.params
+CONFIG=$ROOT/config/efficientdet_b4_wrs.py
 NAME=""
-ROIDB=data/wrs/train_roidb.json
-TEST=data/wrs/val_roidb.json
+ROIDB=$ROOT/data/wrs/train_roidb.json
+TEST=$ROOT/data/wrs/val_roidb.json
 SEED=0
 IOU=0.55
 USER_SETS=()
 while [ $# -gt 0 ]; do
     case "$1" in
-        -h|--help) usage "$0" 2 20; exit 0 ;;
+        -h|--help) usage "$0" 2 22; exit 0 ;;
         --k|--coco|--config|--name|--roidb|--test-roidb|--seed|--iou-thr|--set) need_value "$@" ;;
         *) echo "error: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
@@ -49,7 +51,6 @@ while [ $# -gt 0 ]; do
     esac
     shift 2
 done
-cd "$ROOT"
 
 NAME=${NAME:-$(cfg_value "$CONFIG" General.name ${USER_SETS[@]+"${USER_SETS[@]}"})_kfold}
 SETS=()
@@ -58,7 +59,7 @@ EPOCH=$(cfg_value "$CONFIG" OptimizeParam.schedule.end_epoch ${USER_SETS[@]+"${U
 TEST_CLASSES=$(num_classes "$TEST")     # also checks the test roidb before K trainings
 
 echo "== split $ROIDB into $K folds"
-"$PY" scripts/kfold.py --roidb "$ROIDB" --k "$K" --out "experiments/$NAME/folds" --seed "$SEED"
+"$PY" "$ROOT/scripts/kfold.py" --roidb "$ROIDB" --k "$K" --out "experiments/$NAME/folds" --seed "$SEED"
 # keep_as NAME TAG: rename detection_test.py's results/eval files of the last epoch to *-TAG.json,
 # so that the next test run of the same model does not overwrite them.
 keep_as() {
@@ -71,17 +72,17 @@ RESULTS=()
 for ((j = 0; j < K; j++)); do
     FOLD=${NAME}_fold$j
     echo "== fold $j: fine-tune, score on its held-out fold"
-    bash scripts/wrs/finetune.sh --coco "$COCO" --config "$CONFIG" --name "$FOLD" \
+    bash "$ROOT/scripts/wrs/finetune.sh" --coco "$COCO" --config "$CONFIG" --name "$FOLD" \
         --train-roidb "experiments/$NAME/folds/fold${j}_train.json" \
         --val-roidb "experiments/$NAME/folds/fold${j}_val.json" ${SETS[@]+"${SETS[@]}"}
     keep_as "$FOLD" oof
     echo "== fold $j: detect on $TEST"
-    "$PY" detection_test.py --config "$CONFIG" --epoch "$EPOCH" --set "General.name=$FOLD" \
+    "$PY" "$ROOT/detection_test.py" --config "$CONFIG" --epoch "$EPOCH" --set "General.name=$FOLD" \
         --set "DatasetParam.val_roidb=$TEST" --set "DatasetParam.num_classes=$TEST_CLASSES" \
         ${SETS[@]+"${SETS[@]}"}
     keep_as "$FOLD" test
     RESULTS+=("experiments/$FOLD/results-test.json")
 done
 echo "== WBF ensemble of $K fold models on $TEST"
-"$PY" scripts/ensemble.py --inputs "${RESULTS[@]}" --roidb "$TEST" --iou-thr "$IOU" \
+"$PY" "$ROOT/scripts/ensemble.py" --inputs "${RESULTS[@]}" --roidb "$TEST" --iou-thr "$IOU" \
     --out "experiments/$NAME/ensemble.json"
