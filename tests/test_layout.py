@@ -19,13 +19,6 @@ MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
 RANK = {"utils": 0, "operator_py": 1, "models": 2, "core": 3, "scripts": 4, "entry": 4}
 CONFIG_MAY_IMPORT = {"config", "models", "utils"}
-# Known violations, each to be removed by the change that fixes it. An entry that no longer
-# matches anything fails too, so that the list only ever shrinks.
-TEMPORARY_LONG_FUNCTIONS = {
-    # issue 13: the training loop is being split into hooks on another branch; the lead removes
-    # this entry when that branch is merged.
-    "detection_train.py:main",
-}
 
 
 def project_files():
@@ -146,7 +139,7 @@ def test_find_cycle_finds_lazy_and_long_cycles(tmp_path):
 
 
 def test_module_and_function_sizes():
-    too_long, seen = [], set()
+    too_long = []
     for module, path in sorted(project_files().items()):
         if layer(module) == "config":
             continue
@@ -157,11 +150,6 @@ def test_module_and_function_sizes():
         for node in ast.walk(ast.parse(source, path)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 length = node.end_lineno - node.lineno + 1
-                key = "%s:%s" % (path, node.name)
                 if length > MAX_FUNCTION_LINES:
-                    seen.add(key)
-                    if key not in TEMPORARY_LONG_FUNCTIONS:
-                        too_long.append("%s: %d lines (max %d)" % (key, length, MAX_FUNCTION_LINES))
-    stale = sorted(TEMPORARY_LONG_FUNCTIONS - seen)
-    assert not stale, "remove from TEMPORARY_LONG_FUNCTIONS (now short enough): %s" % stale
+                    too_long.append("%s:%s: %d lines (max %d)" % (path, node.name, length, MAX_FUNCTION_LINES))
     assert not too_long, "\n".join(too_long)
