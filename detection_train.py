@@ -26,6 +26,7 @@ import mxnet as mx
 import numpy as np
 from tqdm import tqdm
 
+from core.anchor_fit import log_data_summary
 from core.dataset import load_config_roidb
 from core.loader import DetectionLoader
 from core.module import (TrainStep, build_optimizer, contexts, initializer, optimizer_states,
@@ -150,6 +151,7 @@ def main():
 
     # data
     roidb, categories = load_config_roidb(cfg, "train")
+    log_data_summary(cfg, roidb, categories)
     manifest = latest_checkpoint(exp_dir)
     if manifest is not None and not args.resume:
         # Starting over would mix two runs' checkpoints and metrics in one folder.
