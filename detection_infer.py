@@ -165,7 +165,7 @@ def main():
     video = VideoSource(args.input) if is_video(args.input) else None
     images = [] if video else list_images(args.input)
     if video:
-        refuse_overwrite([("the annotated video", p) for p in output_paths(args.out, video)], [("--input", args.input)])
+        refuse_overwrite([("the output", p) for p in output_paths(args.out, video)], [("--input", args.input)])
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError("--out %s is an existing file; name a folder for the outputs" % args.out)
     if os.path.isdir(args.input) and os.path.isdir(args.out) and os.path.samefile(args.input, args.out):
@@ -174,7 +174,8 @@ def main():
     names = class_names(cfg, trained_on, args.params)
     score_is_auto = score == "auto"
     if score_is_auto:
-        thresholds = find_thresholds(args.params, os.path.join("experiments", cfg.General.name), names, args.thresholds)
+        exp_dir = os.path.join("experiments", cfg.General.name)
+        thresholds = find_thresholds(args.params, exp_dir, names, args.thresholds)
         score = lambda det: apply_thresholds(det, thresholds)      # noqa: E731
     mod = load_model(cfg, arg, aux, args.params, min(args.batch, len(images)) if images else args.batch)
     os.makedirs(args.out, exist_ok=True)

@@ -140,7 +140,8 @@ def suggest(boxes, pos_iou, settings):
         scale = round(float(2.0 ** log2_scale), 2)
         if (aspects, scale) not in results:
             f = fit(boxes, pos_iou, **dict(settings, aspect_ratios=aspects, scale=scale))
-            results[aspects, scale] = ((round(f["bpr"], 6), f["mean_iou"]), dict(f, aspect_ratios=aspects, scale=scale))
+            key = (round(f["bpr"], 6), f["mean_iou"])
+            results[aspects, scale] = (key, dict(f, aspect_ratios=aspects, scale=scale))
         return results[aspects, scale]
 
     for aspects in (kmeans_aspect_ratios(boxes, len(settings["aspect_ratios"])), settings["aspect_ratios"]):
@@ -183,8 +184,9 @@ def data_summary(cfg, roidb, categories, max_boxes=5000):
     warning = None
     if f["bpr"] < WARN_BPR:
         warning = ("anchor fit: only %.1f%% of the boxes reach IoU %g with an anchor (best possible recall "
-                   "below %g); scripts/analyze_data.py with this config suggests AnchorParam values"
-                   % (100 * f["bpr"], pos_iou, WARN_BPR))
+                   "below %g; %.1f%% are smaller than the %.1f px the smallest anchor can match); "
+                   "scripts/analyze_data.py with this config suggests AnchorParam values"
+                   % (100 * f["bpr"], pos_iou, WARN_BPR, 100.0 * f["too_small"] / len(boxes), f["min_matchable"]))
     return line, warning
 
 

@@ -33,16 +33,16 @@ def analyze(cfg, roidb, categories, hash_files=True):
      "pos_iou", "anchors": fit() of the configured anchors + their settings,
      "suggestion": suggest() (aspect_ratios, scale, fit), "set_line": the --set arguments,
      or None when the suggestion does not beat the configured anchors}.
-    Also returns the boxes (N, 4) and classes (N,) at the input size for plot()."""
+    Also returns the boxes (N, 4) at the input size, for plot()."""
     stats = roidb_stats(roidb, categories)
-    boxes, classes = input_boxes(roidb, cfg.DatasetParam.image_size)
+    boxes, _ = input_boxes(roidb, cfg.DatasetParam.image_size)
     duplicates, unreadable = duplicate_images(roidb) if hash_files else ([], [])
     settings = anchor_settings(cfg)
     pos_iou = float(cfg.AnchorParam.pos_iou)
     report = dict(stats, duplicates=duplicates, unreadable=unreadable, image_size=list(settings["image_size"]),
                   pos_iou=pos_iou, suggestion=None, set_line=None)
     if not len(boxes):
-        return report, boxes, classes
+        return report, boxes
     side = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
     aspect = (boxes[:, 3] - boxes[:, 1]) / (boxes[:, 2] - boxes[:, 0])
     for key, v in (("box_side", side), ("aspect_hw", aspect)):
@@ -51,7 +51,7 @@ def analyze(cfg, roidb, categories, hash_files=True):
     best = suggest(boxes, pos_iou, settings)
     if best["bpr"] > report["anchors"]["bpr"]:
         report["suggestion"], report["set_line"] = best, set_line(best)
-    return report, boxes, classes
+    return report, boxes
 
 
 def format_report(report, what):
@@ -91,7 +91,7 @@ def _anchor_sides(a):
             for level in range(a["min_level"], a["max_level"] + 1) for o in range(a["num_scales"])]
 
 
-def plot(report, boxes, classes, categories, png_path):
+def plot(report, boxes, categories, png_path):
     """One PNG: boxes per class, box side histogram (anchor sides marked), aspect histogram
     (anchor aspects marked)."""
     fig = new_figure(15, 4.5)

@@ -45,11 +45,11 @@ def main():
     png, doc = (os.path.join(out, "data-%s.%s" % (args.split, ext)) for ext in ("png", "json"))
     roidb_path = getattr(cfg.DatasetParam, args.split + "_roidb")
     refuse_overwrite([("the histogram", png), ("the report", doc)], [("the roidb", roidb_path)])
-    report, boxes, classes = analyze(cfg, roidb, categories)
+    report, boxes = analyze(cfg, roidb, categories)
     if report["suggestion"] is not None:
         report["suggestion"]["bpr_checked"] = checked_suggestion(args, report, boxes)
     print("\n".join(format_report(report, "%s roidb %s" % (args.split, roidb_path))))
-    plot(report, boxes, classes, categories, png)
+    plot(report, boxes, categories, png)
     write_json(doc, report)
     print("wrote %s and %s" % (png, doc))
     return 0

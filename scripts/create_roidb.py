@@ -14,10 +14,11 @@ CSV is one row per box (image,x1,y1,x2,y2,label), Kaggle wheat (image_id,width,h
 or the TensorFlow object detection CSV (filename,width,height,class,xmin,ymin,xmax,ymax), told apart
 by the header. labelimg: a flat folder of Pascal VOC xml beside the images (no ImageSets). yolo:
 NAME.txt per image (class cx cy w h, normalised) in --ann (default the image folder, or its sibling
-labels/ when it is called images/), names in --classes-file (default LABELS/classes.txt). For VOC, --ann may name an ImageSets list instead of --split,
-and --image-dir overrides VOC_ROOT/JPEGImages. --classes fixes the class order (csv/voc); labels
-outside it are dropped and counted (csv/voc/labelimg/yolo). Prints images, boxes, per-class counts and what was dropped
-or skipped. --out must not be one of the input files.
+labels/ when it is called images/), names in --classes-file (default LABELS/classes.txt).
+For VOC, --ann may name an ImageSets list instead of --split, and --image-dir overrides
+VOC_ROOT/JPEGImages. --classes fixes the class order (all but coco); labels outside it are dropped
+and counted. Prints images, boxes, per-class counts and what was dropped or skipped. --out must
+not be one of the input files.
 """
 import argparse
 import os

@@ -28,7 +28,8 @@ def synthetic(tmp_path_factory):
     roidb, categories, _ = load_coco(paths["train"], paths["image_dir"])
     copy = os.path.join(paths["image_dir"], "copy.jpg")
     shutil.copy(roidb[0]["image"], copy)
-    roidb.append(dict(roidb[0], image=copy, image_id=1000, boxes=roidb[0]["boxes"][:0], classes=roidb[0]["classes"][:0]))
+    roidb.append(dict(roidb[0], image=copy, image_id=1000, boxes=roidb[0]["boxes"][:0],
+                      classes=roidb[0]["classes"][:0]))
     save_roidb(str(root / "train_roidb.json"), roidb, categories, "coco")
     return str(root / "train_roidb.json"), roidb, categories
 

@@ -45,7 +45,8 @@ def test_thresholds_maximise_f1_and_ap50_is_the_evaluation_s():
     np.testing.assert_allclose(precision, [0, 1 / 2, 1 / 3, 1 / 2, 2 / 5])
     np.testing.assert_allclose(recall, [0, 1 / 3, 1 / 3, 2 / 3, 2 / 3])
     coco = {c["name"]: c["AP50"] for c in evaluate(ROIDB, CATEGORIES, RESULTS)["per_class"]}
-    assert per_class["cat"]["ap50"] == pytest.approx(coco["cat"]) and per_class["dog"]["ap50"] == pytest.approx(coco["dog"])
+    assert per_class["cat"]["ap50"] == pytest.approx(coco["cat"])
+    assert per_class["dog"]["ap50"] == pytest.approx(coco["dog"])
 
 
 def test_confusion_matrix_counts_background_misses_and_false_positives():

@@ -21,7 +21,8 @@ def _xml(filename, objs, size=(64, 48)):
     body = "".join("<object><name>%s</name><difficult>%d</difficult><bndbox><xmin>%g</xmin><ymin>%g</ymin>"
                    "<xmax>%g</xmax><ymax>%g</ymax></bndbox></object>" % ((n, d) + tuple(b)) for n, b, d in objs)
     return ("<annotation><folder>x</folder><filename>%s</filename><path>/elsewhere/%s</path><size><width>%d"
-            "</width><height>%d</height><depth>3</depth></size>%s</annotation>" % ((filename, filename) + size + (body,)))
+            "</width><height>%d</height><depth>3</depth></size>%s</annotation>"
+            % ((filename, filename) + size + (body,)))
 
 
 def one_line(exc_info):
