@@ -161,6 +161,8 @@ def main():
     args = parser.parse_args()
     score = score_arg(args.score)
     check_value("--batch", args.batch, *number_range(1, 1024))
+    if args.max_frames is not None:
+        check_value("--max-frames", args.max_frames, *number_range(1))
     cfg = load_config(args.config, args.sets, is_train=False)
     video = VideoSource(args.input) if is_video(args.input) else None
     images = [] if video else list_images(args.input)

@@ -20,12 +20,14 @@ import logging
 
 import numpy as np
 
+from core.roidb import roidb_stats
 from core.transforms import eval_scale
 from models.efficientdet.anchors import feature_sizes, generate_anchors
 
 logger = logging.getLogger(__name__)
 
 WARN_BPR = 0.98
+SEARCH_BOXES = 10000
 
 
 def input_boxes(roidb, image_size, max_boxes=None, seed=0):
@@ -99,7 +101,9 @@ def fit(boxes, pos_iou, image_size, min_level, max_level, num_scales, aspect_rat
     smallest anchor, the least box side it can match at pos_iou, and how many boxes are smaller."""
     grids = anchor_grids(image_size, min_level, max_level, num_scales, aspect_ratios, scale)
     best = best_anchor_iou(boxes, grids)
-    smallest = min(float(np.sqrt(((b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])).min())) for _, _, b in grids)
+    # every grid position holds the same K shapes: the first one's are all the sizes there are
+    smallest = min(float(np.sqrt(((b[0, 0, :, 2] - b[0, 0, :, 0]) * (b[0, 0, :, 3] - b[0, 0, :, 1])).min()))
+                   for _, _, b in grids)
     side = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
     floor = smallest * np.sqrt(pos_iou)
     return {"bpr": float((best >= pos_iou).mean()) if len(best) else 1.0,
@@ -131,15 +135,18 @@ def kmeans_aspect_ratios(boxes, k):
 def suggest(boxes, pos_iou, settings):
     """The anchors that fit `boxes` (N, 4) best: {"aspect_ratios", "scale", **fit()} for the
     k-means aspect ratios or the configured ones (whichever fits better) with the best scale in
-    [0.5, 32] (searched in quarter octaves, then sixteenths around the best; rounded to 0.01);
-    `settings` as from anchor_settings()."""
+    [0.5, 32] (searched in quarter octaves, then sixteenths around the best; rounded to 0.01) on
+    at most SEARCH_BOXES of the boxes, measured on all; `settings` as from anchor_settings()."""
     boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+    search = boxes
+    if len(boxes) > SEARCH_BOXES:       # the search runs ~60 fits: on a fixed subset, the answer on all
+        search = boxes[np.random.RandomState(0).choice(len(boxes), SEARCH_BOXES, replace=False)]
     results = {}
 
     def score(aspects, log2_scale):
         scale = round(float(2.0 ** log2_scale), 2)
         if (aspects, scale) not in results:
-            f = fit(boxes, pos_iou, **dict(settings, aspect_ratios=aspects, scale=scale))
+            f = fit(search, pos_iou, **dict(settings, aspect_ratios=aspects, scale=scale))
             key = (round(f["bpr"], 6), f["mean_iou"])
             results[aspects, scale] = (key, dict(f, aspect_ratios=aspects, scale=scale))
         return results[aspects, scale]
@@ -148,7 +155,8 @@ def suggest(boxes, pos_iou, settings):
         coarse = max(np.arange(-4, 21) / 4.0, key=lambda e: score(aspects, e)[0])
         for e in coarse + np.arange(-3, 4) / 16.0:
             score(aspects, e)
-    return max(results.values(), key=lambda r: r[0])[1]
+    best = max(results.values(), key=lambda r: r[0])[1]
+    return dict(best, **fit(boxes, pos_iou, **dict(settings, aspect_ratios=best["aspect_ratios"], scale=best["scale"])))
 
 
 def suggestion_sets(suggestion):
@@ -166,13 +174,10 @@ def data_summary(cfg, roidb, categories, max_boxes=5000):
     """(one summary line, warning line or None) for the start of training: images, boxes, classes,
     box sides at the input size and the anchor fit, on at most `max_boxes` boxes."""
     boxes, _ = input_boxes(roidb, cfg.DatasetParam.image_size, max_boxes)
-    counts = np.zeros(len(categories), np.int64)
-    for r in roidb:
-        counts += np.bincount(r["classes"], minlength=len(categories))[:len(categories)]
-    empty = sum(1 for r in roidb if not len(r["boxes"]))
-    rare = int(counts.argmin())
+    stats = roidb_stats(roidb, categories)
+    rare = min(stats["per_class"], key=stats["per_class"].get)
     line = "data: %d images (%d without boxes), %d boxes in %d classes (fewest: %s=%d)" % (
-        len(roidb), empty, counts.sum(), len(categories), categories[rare]["name"], counts[rare])
+        stats["images"], stats["empty_images"], stats["boxes"], len(categories), rare, stats["per_class"][rare])
     if not len(boxes):
         return line, None
     pos_iou = float(cfg.AnchorParam.pos_iou)
@@ -180,7 +185,7 @@ def data_summary(cfg, roidb, categories, max_boxes=5000):
     side = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
     line += "; box side %.0f-%.0f px (median %.0f) at %dx%d; anchor fit: best possible recall %.3f at IoU %g%s" % (
         side.min(), side.max(), np.median(side), cfg.DatasetParam.image_size[0], cfg.DatasetParam.image_size[1],
-        f["bpr"], pos_iou, " (%d sampled boxes)" % len(boxes) if counts.sum() > len(boxes) else "")
+        f["bpr"], pos_iou, " (%d sampled boxes)" % len(boxes) if stats["boxes"] > len(boxes) else "")
     warning = None
     if f["bpr"] < WARN_BPR:
         warning = ("anchor fit: only %.1f%% of the boxes reach IoU %g with an anchor (best possible recall "

@@ -12,6 +12,8 @@ from core.anchor_fit import anchor_settings, fit, input_boxes, set_line, suggest
 from core.roidb import roidb_stats
 from utils.plots import new_figure, save_figure
 
+MAX_BOXES = 50000      # boxes measured (a fixed random subset beyond that): memory and time stay bounded
+
 
 def duplicate_images(roidb):
     """([[paths]] of records whose files have the same bytes (sha1), [unreadable paths]); a file
@@ -28,19 +30,19 @@ def duplicate_images(roidb):
 
 def analyze(cfg, roidb, categories, hash_files=True):
     """The report of a roidb against cfg (a json-able dict):
-    {"images", "boxes", "empty_images", "per_class", "duplicates": [[paths]], "unreadable",
-     "image_size", "box_side": {min, median, max}, "aspect_hw": {min, median, max},
+    {"images", "boxes", "empty_images", "per_class", "duplicates": [[paths]] (None: not checked), "unreadable",
+     "image_size", "boxes_measured" (all, or MAX_BOXES of them), "box_side": {min, median, max}, "aspect_hw": {min, median, max},
      "pos_iou", "anchors": fit() of the configured anchors + their settings,
      "suggestion": suggest() (aspect_ratios, scale, fit), "set_line": the --set arguments,
      or None when the suggestion does not beat the configured anchors}.
     Also returns the boxes (N, 4) at the input size, for plot()."""
     stats = roidb_stats(roidb, categories)
-    boxes, _ = input_boxes(roidb, cfg.DatasetParam.image_size)
-    duplicates, unreadable = duplicate_images(roidb) if hash_files else ([], [])
+    boxes, _ = input_boxes(roidb, cfg.DatasetParam.image_size, MAX_BOXES)
+    duplicates, unreadable = duplicate_images(roidb) if hash_files else (None, [])
     settings = anchor_settings(cfg)
     pos_iou = float(cfg.AnchorParam.pos_iou)
     report = dict(stats, duplicates=duplicates, unreadable=unreadable, image_size=list(settings["image_size"]),
-                  pos_iou=pos_iou, suggestion=None, set_line=None)
+                  pos_iou=pos_iou, suggestion=None, set_line=None, boxes_measured=len(boxes))
     if not len(boxes):
         return report, boxes
     side = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
@@ -60,16 +62,18 @@ def format_report(report, what):
                                                               report["boxes"]),
              "per class: " + ", ".join("%s=%d" % kv for kv in report["per_class"].items())]
     dup = report["duplicates"]
-    lines.append("duplicate images (same bytes): %d group(s)%s" % (
-        len(dup), "; e.g. " + " = ".join(dup[0][:3]) if dup else ""))
+    lines.append("duplicate images (same bytes): not checked" if dup is None else
+                 "duplicate images (same bytes): %d group(s)%s" % (len(dup), "; e.g. " + " = ".join(dup[0][:3])
+                                                                    if dup else ""))
     if report["unreadable"]:
         lines.append("unreadable images: %d, e.g. %s" % (len(report["unreadable"]), report["unreadable"][0]))
     if "anchors" not in report:
         return lines + ["no boxes: nothing to fit anchors to"]
     s, a, (h, w) = report["box_side"], report["anchors"], report["image_size"]
     lines.append("box side (sqrt of area) at %dx%d after the eval resize: min %.1f, median %.1f, max %.1f px; "
-                 "aspect h/w %.2f-%.2f" % (h, w, s["min"], s["median"], s["max"], report["aspect_hw"]["min"],
-                                           report["aspect_hw"]["max"]))
+                 "aspect h/w %.2f-%.2f%s" % (h, w, s["min"], s["median"], s["max"], report["aspect_hw"]["min"],
+                                             report["aspect_hw"]["max"], "" if report["boxes_measured"] ==
+                                             report["boxes"] else " (%d sampled boxes)" % report["boxes_measured"]))
     lines.append("anchor fit: best possible recall %.3f at IoU %g (AnchorParam.scale=%g, %d aspect ratios, "
                  "levels %d-%d); mean best IoU %.3f" % (a["bpr"], report["pos_iou"], a["scale"],
                                                         len(a["aspect_ratios"]), a["min_level"], a["max_level"],

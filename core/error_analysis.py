@@ -68,12 +68,14 @@ def pr_analysis(roidb, categories, results, max_det=100):
     """Per class at IoU 0.5: [{"name", "id", "num_gt", "ap50", "threshold", "f1", "precision",
     "recall", "curve": (scores (D,), precision (D,), recall (D,)) over the ranked detections}]."""
     ev = _coco_eval_at_05(roidb, categories, results, max_det)
+    by_class = {c["id"]: [] for c in categories}
+    for e in ev.evalImgs:
+        if e is not None:
+            by_class[e["category_id"]].append(e)
     per_class = []
-    for k, cat in enumerate(categories):
+    for cat in categories:
         scores, tp, num_gt = [], [], 0
-        for e in ev.evalImgs:
-            if e is None or e["category_id"] != cat["id"]:
-                continue
+        for e in by_class[cat["id"]]:
             keep = ~e["dtIgnore"][0].astype(bool)
             scores.append(np.asarray(e["dtScores"])[keep])
             tp.append(e["dtMatches"][0][keep] > 0)
@@ -83,7 +85,7 @@ def pr_analysis(roidb, categories, results, max_det=100):
         order = np.argsort(-scores, kind="mergesort")          # COCOeval's order
         scores, tp = scores[order], tp[order]
         ctp = np.cumsum(tp)
-        p = ev.eval["precision"][0, :, k, 0, 0]
+        p = ev.eval["precision"][0, :, list(ev.params.catIds).index(cat["id"]), 0, 0]
         thr, f1, prec, rec = _best_f1(scores, tp, num_gt)
         per_class.append({"name": cat["name"], "id": cat["id"], "num_gt": num_gt,
                           "ap50": float(p[p > -1].mean()) if num_gt and (p > -1).any() else None,

@@ -38,6 +38,8 @@ def main():
     parser = add_config_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.add_argument("--split", choices=("train", "val"), default="train", help="which roidb (default train)")
     parser.add_argument("--out", help="folder for data-<split>.png/.json (default experiments/<General.name>)")
+    parser.add_argument("--no-duplicates", action="store_true", help="skip the duplicate check (it reads every "
+                        "image file)")
     args = parser.parse_args()
     cfg = load_config(args.config, args.sets, is_train=True)
     roidb, categories = load_config_roidb(cfg, args.split)
@@ -45,7 +47,7 @@ def main():
     png, doc = (os.path.join(out, "data-%s.%s" % (args.split, ext)) for ext in ("png", "json"))
     roidb_path = getattr(cfg.DatasetParam, args.split + "_roidb")
     refuse_overwrite([("the histogram", png), ("the report", doc)], [("the roidb", roidb_path)])
-    report, boxes = analyze(cfg, roidb, categories)
+    report, boxes = analyze(cfg, roidb, categories, hash_files=not args.no_duplicates)
     if report["suggestion"] is not None:
         report["suggestion"]["bpr_checked"] = checked_suggestion(args, report, boxes)
     print("\n".join(format_report(report, "%s roidb %s" % (args.split, roidb_path))))
