@@ -21,8 +21,9 @@ An unreadable image is skipped with one line and counted in the summary.
 A video file (by its extension) or a camera index (0, 1, ...) gives OUT/NAME.annotated.mp4 and
 OUT/NAME.jsonl, one line of detections per frame (core/video.py); --max-frames stops early (a
 camera runs until Ctrl-C otherwise). --score auto keeps each class's detections at the score
-threshold that maximised its F1 in `detection_test.py --analyze` (thresholds-<tag>.json, looked
-for as core/error_analysis.py: threshold_candidates says, or given by --thresholds).
+threshold that maximised its F1 in `detection_test.py --analyze`: --thresholds FILE, else
+experiments/<General.name>/thresholds-epochEEEE.json (for <name>-EEEE.params) or
+thresholds-<params stem>.json there, else thresholds-<params stem>.json beside the weights.
 """
 import argparse
 import os
