@@ -15,6 +15,10 @@ fusion (core/tta.py).
 Writes into experiments/<General.name>/:
   results-<tag>.json  COCO results: bbox x, y, w, h in original pixels, original category ids
   eval-<tag>.json     the 12 COCO numbers, pycocotools' summary lines and the per-class AP table
+and with --analyze (core/error_analysis.py), at IoU 0.5:
+  pr-<tag>.png        precision-recall curves and F1 against the score threshold, per class
+  confusion-<tag>.png/.json  confusion matrix with background misses and false positives
+  thresholds-<tag>.json      per-class score threshold maximising F1 (detection_infer.py --score auto)
 """
 import argparse
 import os
@@ -28,6 +32,7 @@ import mxnet as mx
 from tqdm import tqdm
 
 from core.roidb import check_class_names, load_config_roidb
+from core.error_analysis import analysis_paths, write_analysis
 from core.evaluate import evaluate, format_per_class, to_coco_results
 from core.inference import bind_inference
 from core.loader import DetectionLoader
@@ -68,6 +73,8 @@ def main():
     which.add_argument("--epoch", type=int, help="evaluate experiments/<name>/<name>-EPOCH.params")
     which.add_argument("--params", help="evaluate this .params file")
     parser.add_argument("--ema", action="store_true", help="use the ema: weights of a training checkpoint")
+    parser.add_argument("--analyze", action="store_true", help="also write PR curves, a confusion matrix and "
+                        "per-class score thresholds (IoU 0.5)")
     args = parser.parse_args()
     cfg = load_config(args.config, args.sets, is_train=False)
     name = cfg.General.name
@@ -86,7 +93,9 @@ def main():
     check_class_names(trained_on, [c["name"] for c in categories], path, cfg.DatasetParam.val_roidb)
     results_path = os.path.join(exp_dir, "results-%s.json" % tag)
     eval_path = os.path.join(exp_dir, "eval-%s.json" % tag)
-    refuse_overwrite([("the results file", results_path), ("the evaluation file", eval_path)],
+    analysis = analysis_paths(exp_dir, tag) if args.analyze else {}
+    refuse_overwrite([("the results file", results_path), ("the evaluation file", eval_path)] +
+                     [("the analysis file", p) for p in analysis.values()],
                      [("--params", path), ("DatasetParam.val_roidb", cfg.DatasetParam.val_roidb)])
 
     # run every view (just the plain one without TTA; the time excludes binding), score, save
@@ -116,6 +125,9 @@ def main():
     write_json(eval_path, dict(report, params=os.path.abspath(path), config=os.path.abspath(args.config),
                                images=len(detections), detections=len(results), test_param=test_param))
     print("wrote %s and %s" % (results_path, eval_path))
+    if args.analyze:
+        print(write_analysis(roidb, categories, results, cfg.TestParam.max_det, analysis, os.path.abspath(path)))
+        print("wrote %s" % ", ".join(analysis.values()))
     return 0
 
 

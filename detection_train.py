@@ -23,6 +23,7 @@ configure_threads()  # before mxnet is imported
 import mxnet as mx
 import numpy as np
 
+from core.anchor_fit import log_data_summary
 from core.dataset import load_config_roidb
 from core.devices import contexts
 from core.hooks import Checkpointer, EMAUpdate, InterruptHook, MetricsLogger, NonFiniteCheck, RunState, train_loop
@@ -187,6 +188,7 @@ def main():
 
     # data
     roidb, categories = load_config_roidb(cfg, "train")
+    log_data_summary(cfg, roidb, categories)
     manifest = open_run(args, cfg, exp_dir)
     begin_epoch = manifest["epoch"] if manifest else o.schedule.begin_epoch
     ctx = contexts(cfg)

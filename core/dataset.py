@@ -1,4 +1,5 @@
 """Annotation readers (COCO json, Pascal VOC xml, CSV) that build a roidb, and the roidb cache.
+LabelImg folders and YOLO txt are read by core/readers.py with the same builder.
 
 A roidb is a list of records, one per image:
     {"image": absolute path, "width": int, "height": int, "image_id": int,
@@ -13,9 +14,9 @@ degenerate afterwards (x2 <= x1, y2 <= y1, NaN) are dropped and counted in `stat
 
 Image sizes are those the image decodes to with its EXIF orientation applied (as cv2, browsers and
 most labelling tools show it), and boxes are taken in that frame. When the annotation states a
-size (COCO, VOC, wheat CSV) that differs from it, the image is skipped, counted and named (its
-boxes were drawn on other pixels: rotated, or resized after labelling); images whose EXIF
-orientation is not 1 are named in a warning. A reader that finds no images is a UserError.
+size (COCO, VOC, wheat and TensorFlow CSV) that differs from it, the image is skipped, counted and
+named (its boxes were drawn on other pixels: rotated, or resized after labelling); images whose
+EXIF orientation is not 1 are named in a warning. A reader that finds no images is a UserError.
 The json cache and the statistics live in core/roidb.py (imported here too).
 """
 import csv
@@ -208,33 +209,42 @@ def load_voc(voc_root, split="trainval", list_file=None, image_dir=None, classes
         raise UserError("VOC image set list not found: %s" % list_file)
     with open(list_file) as f:
         ids = [line.split()[0] for line in f if line.strip()]
-    parsed = []
-    for n, image_name in enumerate(ids, 1):
-        xml_path = os.path.join(voc_root, "Annotations", image_name + ".xml")
+    parsed = [parse_voc_xml(os.path.join(voc_root, "Annotations", name + ".xml"), image_dir, name + ".jpg", n)
+              for n, name in enumerate(ids, 1)]
+    return build_voc(parsed, classes, keep_difficult, "voc", list_file)
+
+
+def parse_voc_xml(xml_path, image_dir, default_name, image_id, image_path=None):
+    """One VOC xml -> (image path, width, height, image_id, [(name, box x1y1x2y2 edges, difficult)],
+    size stated); the image is `image_path` if given, else image_dir/<filename> (default_name
+    when the xml names none)."""
+    try:
+        root = ET.parse(xml_path).getroot()
+    except FileNotFoundError:
+        raise UserError("VOC annotation not found: %s" % xml_path)
+    except ET.ParseError as e:
+        raise UserError("VOC annotation %s is not valid xml: %s" % (xml_path, e))
+    objs = []
+    for obj in root.iter("object"):
+        bb = obj.find("bndbox")
         try:
-            root = ET.parse(xml_path).getroot()
-        except FileNotFoundError:
-            raise UserError("VOC annotation not found: %s" % xml_path)
-        except ET.ParseError as e:
-            raise UserError("VOC annotation %s is not valid xml: %s" % (xml_path, e))
-        objs = []
-        for obj in root.iter("object"):
-            bb = obj.find("bndbox")
-            try:
-                box = [float(bb.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax")]
-            except (AttributeError, TypeError, ValueError):
-                raise UserError("%s: an <object> has no valid <bndbox>" % xml_path)
-            difficult = obj.findtext("difficult", "0").strip() == "1"
-            objs.append((obj.findtext("name", "").strip(), [box[0] - 1, box[1] - 1, box[2], box[3]],
-                         difficult))
-        path = os.path.join(image_dir, root.findtext("filename") or image_name + ".jpg")
-        try:
-            width, height = (int(float(root.findtext("size/" + k) or 0)) for k in ("width", "height"))
-        except ValueError:
-            raise UserError("%s: <size> must hold numbers" % xml_path)
-        stated = width > 0 and height > 0  # some converters leave <size> empty
-        width, height = (width, height) if stated else _image_size(path)
-        parsed.append((path, width, height, n, objs, stated))
+            box = [float(bb.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax")]
+        except (AttributeError, TypeError, ValueError):
+            raise UserError("%s: an <object> has no valid <bndbox>" % xml_path)
+        difficult = obj.findtext("difficult", "0").strip() == "1"
+        objs.append((obj.findtext("name", "").strip(), [box[0] - 1, box[1] - 1, box[2], box[3]], difficult))
+    path = image_path or os.path.join(image_dir, root.findtext("filename") or default_name)
+    try:
+        width, height = (int(float(root.findtext("size/" + k) or 0)) for k in ("width", "height"))
+    except ValueError:
+        raise UserError("%s: <size> must hold numbers" % xml_path)
+    stated = width > 0 and height > 0  # some converters leave <size> empty
+    width, height = (width, height) if stated else _image_size(path)
+    return path, width, height, image_id, objs, stated
+
+
+def build_voc(parsed, classes, keep_difficult, source, what):
+    """(roidb, categories, stats) of parse_voc_xml() results; counts difficult and unknown names."""
     names = list(classes) if classes else sorted({o[0] for p in parsed for o in p[4]})
     index = {c: i for i, c in enumerate(names)}
     b = _Builder(_fixed_categories(names))
@@ -253,7 +263,7 @@ def load_voc(voc_root, split="trainval", list_file=None, image_dir=None, classes
         b.add(path, width, height, image_id, [k[0] for k in kept], [k[1] for k in kept], stated)
     if unknown:
         logger.warning("classes not in --classes were dropped: %s", ", ".join(sorted(unknown)[:10]))
-    return b.finish("voc", list_file)
+    return b.finish(source, what)
 
 
 # ------------------------------------------------------------------------------------------- CSV
@@ -273,19 +283,24 @@ def _read_rows(csv_path):
 
 
 def load_csv(csv_path, image_dir, classes=None):
-    """CSV -> roidb. Two layouts, told apart by the header:
+    """CSV -> roidb. Three layouts, told apart by the header:
 
     - one row per box: `image,x1,y1,x2,y2,label` (header optional, recognised by its box column
       names: x1.., xmin.., x_min.. or left,top,right,bottom); a row whose box fields are empty lists
       an image without boxes. Image paths are relative to `image_dir`.
     - Kaggle wheat: `image_id,width,height,bbox,source` with bbox "[x, y, w, h]"; one class
       ("wheat"), and every image in `image_dir` without rows is an empty image.
+    - TensorFlow object detection: `filename,width,height,class,xmin,ymin,xmax,ymax` (the header,
+      in any column order, is required); boxes in pixel edges, the sizes checked against the images.
     Errors name the line of the file (1 = the first line).
     """
     rows = _read_rows(csv_path)
     if not rows:
         raise UserError("%s has 0 images: the file is empty" % csv_path)
-    first = [c.strip().lower() for c in rows[0][1][:5]]
+    header = [c.strip().lower() for c in rows[0][1]]
+    if sorted(header) == sorted(TF_HEADER):
+        return _load_tf_csv(csv_path, header, rows[1:], image_dir, classes)
+    first = header[:5]
     if first[:4] == ["image_id", "width", "height", "bbox"]:
         return _load_wheat(csv_path, rows[1:], image_dir)
     if len(first) == 5 and set(first[1:]) <= _BOX_HEADERS:
@@ -307,19 +322,55 @@ def load_csv(csv_path, image_dir, classes=None):
         entry.append((box, r[5].strip()))
         labels.append(r[5].strip())
     names = list(classes) if classes else sorted(set(labels))
+    return build_labelled({n: (None, e) for n, e in per_image.items()}, names, image_dir, "csv", csv_path)
+
+
+def build_labelled(per_image, names, image_dir, source, what, stated=True):
+    """(roidb, categories, stats) of {image name: ((width, height) or None, [(box, label)])}; the
+    classes are `names` in that order and labels not in it are dropped as "unknown_class". A None
+    size is read from the image; a given one is checked against it if `stated` (the annotation's)."""
     index = {c: i for i, c in enumerate(names)}
     b = _Builder(_fixed_categories(names))
     b.dropped["unknown_class"] = 0
-    for image_id, (name, entries) in enumerate(per_image.items(), 1):
+    unknown = set()
+    for image_id, (name, (size, entries)) in enumerate(per_image.items(), 1):
         path = os.path.join(image_dir, name)
-        width, height = _image_size(path)
+        width, height = size or _image_size(path)
         known = [(box, index[label]) for box, label in entries if label in index]
+        unknown.update(label for _, label in entries if label not in index)
         b.drop("unknown_class", len(entries) - len(known))
-        b.add(path, width, height, image_id, [k[0] for k in known], [k[1] for k in known], stated=False)
-    if b.dropped["unknown_class"]:
-        logger.warning("labels not in --classes were dropped: %s",
-                       ", ".join(sorted(set(labels) - set(index))[:10]))
-    return b.finish("csv", csv_path)
+        b.add(path, width, height, image_id, [k[0] for k in known], [k[1] for k in known],
+              stated=stated and size is not None)
+    if unknown:
+        logger.warning("labels not in --classes were dropped: %s", ", ".join(sorted(unknown, key=str)[:10]))
+    return b.finish(source, what)
+
+
+# TensorFlow object detection API CSV (xml_to_csv.py of its tutorials): pixel edges, one box a row.
+TF_HEADER = ("filename", "width", "height", "class", "xmin", "ymin", "xmax", "ymax")
+
+
+def _load_tf_csv(csv_path, header, rows, image_dir, classes):
+    col = {name: header.index(name) for name in TF_HEADER}
+    per_image, labels = {}, []
+    for line, r in rows:
+        try:
+            if len(r) != len(header):
+                raise ValueError
+            size = tuple(int(float(r[col[k]])) for k in ("width", "height"))
+            box = [float(r[col[k]]) for k in ("xmin", "ymin", "xmax", "ymax")]
+        except ValueError:
+            raise UserError("%s line %d: expected %s (numbers for the size and the box), got %s"
+                            % (csv_path, line, ",".join(header), ",".join(r)[:120]))
+        name, label = r[col["filename"]].strip(), r[col["class"]].strip()
+        known, entries = per_image.setdefault(name, (size, []))
+        if known != size:
+            raise UserError("%s line %d: %s is %dx%d here but %dx%d on an earlier line"
+                            % ((csv_path, line, name) + size + known))
+        entries.append((box, label))
+        labels.append(label)
+    names = list(classes) if classes else sorted(set(labels))
+    return build_labelled(per_image, names, image_dir, "csv", csv_path)
 
 
 def _load_wheat(csv_path, rows, image_dir):

@@ -41,6 +41,13 @@ def color_jitter(img, rng, brightness, contrast, saturation, hue):
     return img
 
 
+def eval_scale(height, width, image_size):
+    """Scale of the eval resize (network input = original * scale): the largest that fits the image
+    into image_size (H, W) keeping its aspect. Elementwise on arrays of heights and widths."""
+    H, W = image_size
+    return np.minimum(H / np.asarray(height, np.float64), W / np.asarray(width, np.float64))
+
+
 class DetTransform:
     """Callable: `(record, rng) -> sample`.
 
@@ -68,7 +75,7 @@ class DetTransform:
         """(scale, x offset, y offset, flip) of the source -> input map."""
         H, W = self.size
         if not self.train:
-            return min(H / h, W / w), 0, 0, False
+            return float(eval_scale(h, w, self.size)), 0, 0, False
         flip = rng.uniform() < self.hflip_prob
         r = rng.uniform(*self.scale_range)
         s = min(r * H / h, r * W / w)

@@ -116,8 +116,9 @@ def get_config(is_train):
 
 
 def test_detection_test_end_to_end(tmp_path):
-    """detection_test.py on 3 synthetic images with random weights: runs, pads the last batch of
-    2 correctly, and writes the results and eval json into experiments/<name>/ (AP itself is ~0)."""
+    """detection_test.py --analyze on 3 synthetic images with random weights: runs, pads the last
+    batch of 2 correctly, and writes the results and eval json into experiments/<name>/ (AP itself
+    is ~0), and the error analysis beside them (core/error_analysis.py, tests/test_error_analysis.py)."""
     import mxnet as mx
     from conftest import REPO
     from core.dataset import load_coco, save_roidb
@@ -138,8 +139,8 @@ def test_detection_test_end_to_end(tmp_path):
 
     env = dict(os.environ, PYTHONPATH=REPO)
     res = subprocess.run([sys.executable, os.path.join(REPO, "detection_test.py"), "--config", "cfg.py",
-                          "--params", "rand.params"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=120)
+                          "--params", "rand.params", "--analyze"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Average Precision  (AP) @[ IoU=0.50:0.95" in res.stdout and "circle" in res.stdout
     report = json.loads((tmp_path / "experiments/tiny/eval-rand.json").read_text())
@@ -147,3 +148,11 @@ def test_detection_test_end_to_end(tmp_path):
     assert [c["name"] for c in report["per_class"]] == ["circle", "square", "triangle", "cross", "star"]
     results = json.loads((tmp_path / "experiments/tiny/results-rand.json").read_text())
     assert {r["image_id"] for r in results} <= {r["image_id"] for r in roidb}
+    exp = tmp_path / "experiments" / "tiny"
+    assert all(os.path.getsize(exp / n) > 5000 for n in ("pr-rand.png", "confusion-rand.png"))
+    conf = json.loads((exp / "confusion-rand.json").read_text())
+    gt_per_class = np.bincount(np.concatenate([r["classes"] for r in roidb]), minlength=5)
+    assert np.array(conf["matrix"])[:5].sum(1).tolist() == gt_per_class.tolist()   # each box in one cell of its row
+    doc = json.loads((exp / "thresholds-rand.json").read_text())
+    assert doc["class_names"] == [c["name"] for c in categories] and doc["params"] == str(tmp_path / "rand.params")
+    assert "thresholds-rand.json" in res.stdout

@@ -202,7 +202,10 @@ def test_second_run_without_resume_is_refused(tmp_path):
     name = "test_rerun_%d" % os.getpid()
     args = _train_args(tmp_path, roidb, name, ["General.batch_image=2", "OptimizeParam.schedule.end_epoch=1"])
     try:
-        assert run_script(args, timeout=300, cwd=tmp_path).returncode == 0
+        res = run_script(args, timeout=300, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr[-2000:]
+        # the data summary (core/anchor_fit.py) opens every run
+        assert "data: 2 images (0 without boxes)" in res.stderr and "best possible recall" in res.stderr
         res = run_script(args, timeout=120, cwd=tmp_path)
         assert res.returncode == 2 and "already holds a training run" in res.stderr and "--resume" in res.stderr
         res = run_script(args + ["--resume"], timeout=120, cwd=tmp_path)   # finished: nothing left to do

@@ -135,6 +135,15 @@ def _size(v):
     return isinstance(v, (tuple, list)) and len(v) == 2 and all(type(x) is int and x >= 1 for x in v)
 
 
+def _positive(v):
+    return number_range(0)[0](v) and v > 0
+
+
+def _aspect_ratios(v):
+    return isinstance(v, (tuple, list)) and len(v) >= 1 and all(
+        isinstance(p, (tuple, list)) and len(p) == 2 and all(_positive(x) for x in p) for p in v)
+
+
 # Values that cannot work, checked at load so they fail as one line naming the field, not as a
 # traceback deep in MXNet: (field, (test, allowed range in words)).
 LIMITS = [
@@ -147,6 +156,11 @@ LIMITS = [
     ("DatasetParam.num_workers", _int_at_least(0)),
     ("DatasetParam.prefetch", _int_at_least(0)),
     ("DatasetParam.hflip_prob", number_range(0, 1)),
+    ("AnchorParam.scale", (_positive, "a number > 0")),
+    ("AnchorParam.num_scales", _int_at_least(1)),
+    ("AnchorParam.aspect_ratios", (_aspect_ratios, "a non-empty list of (x, y) pairs of numbers > 0")),
+    ("AnchorParam.pos_iou", number_range(0, 1)),
+    ("AnchorParam.neg_iou", number_range(0, 1)),
     ("OptimizeParam.lr_per_64", number_range(0)),
     ("OptimizeParam.wd", number_range(0)),
     ("OptimizeParam.ema_decay", number_range(0, 1, open_hi=True)),
