@@ -133,3 +133,29 @@ def test_infer_speed_runs_both_backends(exported):
     with pytest.raises(UserError, match="export it with the same config and --batch"):
         onnx_runner(prefix + ".onnx", {"data": np.zeros((2, 3, 128, 128), np.float32),
                                        "im_scale": np.ones((2, 1), np.float32)})
+
+
+def test_expand_channel_gates_keeps_values(tmp_path):
+    """The SE product x * gate(x) gets an upsampled gate; a constant per-channel factor does not."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+    from utils.onnx_export import expand_channel_gates, ort_session
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "scale"], ["xs"]),
+         helper.make_node("GlobalAveragePool", ["xs"], ["pooled"]),
+         helper.make_node("Sigmoid", ["pooled"], ["gate"]),
+         helper.make_node("Mul", ["xs", "gate"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 5, 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 5, 7])],
+        [numpy_helper.from_array(np.array([1.0, 2.0, 3.0], np.float32).reshape(1, 3, 1, 1), "scale")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.random.RandomState(0).normal(size=(2, 3, 5, 7)).astype(np.float32)
+    outs = []
+    for rewrite in (False, True):
+        if rewrite:
+            assert expand_channel_gates(model) == 1
+            assert [n.op_type for n in model.graph.node].count("Resize") == 1
+        onnx.save(model, str(tmp_path / "m.onnx"))
+        outs.append(ort_session(str(tmp_path / "m.onnx")).run(None, {"x": x})[0])
+    np.testing.assert_array_equal(outs[0], outs[1])

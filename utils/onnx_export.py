@@ -61,6 +61,7 @@ def export_onnx(sym, params, input_shapes, path, metadata=None, edit=None):
         model.graph.input.extend(inputs)
         fold_pads(model)
         floor_nearest_resizes(model)
+        expand_channel_gates(model)
         if edit is not None:
             edit(model)
         for key, value in (metadata or {}).items():
@@ -140,6 +141,38 @@ def floor_nearest_resizes(model):
                                helper.make_attribute("nearest_mode", "floor")])
         changed += 1
     return changed
+
+
+def expand_channel_gates(model):
+    """Give each Mul of a feature map (N, C, H, W) by per-channel gates (N, C, 1, 1) (the SE
+    product) gates upsampled to (N, C, H, W) by a nearest Resize, in place; returns the count.
+
+    The values are the same (nearest upsampling from 1x1 repeats the gate). onnxruntime runs a
+    same-shape Mul and the Resize in its blocked layout, while the broadcasting Mul needs the
+    feature map reordered to plain and back. Constant gates (the input normalisation) are left
+    alone: onnxruntime would fold their upsampled copy into a full-size constant."""
+    from onnx import helper, numpy_helper, shape_inference
+    inferred = shape_inference.infer_shapes(model).graph
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in list(inferred.value_info) + list(inferred.input) + list(inferred.output)}
+    constant = {t.name for t in model.graph.initializer} | {""}
+    nodes, count = [], 0
+    for node in model.graph.node:          # topological order, as ONNX requires
+        if all(i in constant for i in node.input):
+            constant.update(node.output)
+        x, g = (shapes.get(i) for i in node.input) if len(node.input) == 2 else (None, None)
+        if node.op_type == "Mul" and node.input[1] not in constant and x and g and len(x) == len(g) == 4 and 0 not in x + g \
+                and g[:2] == x[:2] and g[2:] == [1, 1] and x[2:] != [1, 1]:
+            count += 1
+            scales, full = "gate_scales_%d" % count, "gate_full_%d" % count
+            model.graph.initializer.append(numpy_helper.from_array(np.array([1, 1] + x[2:], np.float32), scales))
+            nodes.append(helper.make_node("Resize", [node.input[1], "", scales], [full], name=full, mode="nearest",
+                                          coordinate_transformation_mode="asymmetric", nearest_mode="floor"))
+            node.input[1] = full
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return count
 
 
 def ort_session(path, threads=None):
