@@ -24,6 +24,7 @@ import numpy as np
 from core.evaluate import ground_truth
 from core.targets import iou_matrix
 from utils.errors import UserError
+from utils.fileio import write_json
 from utils.plots import new_figure, save_figure
 
 IOU = 0.5
