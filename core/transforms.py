@@ -7,7 +7,8 @@ continuous with pixel edges at integers (the roidb convention): a point u maps t
 - eval: s = min(H / h, W / w), no offset: the image sits top-left, the rest is padding.
 - train (EfficientDet / automl `resize_and_crop_image`): optional horizontal flip, random scale
   r in scale_range, s = min(r H / h, r W / w), a random crop offset inside the scaled image, then
-  colour jitter. Boxes follow the pixels, are clipped, and dropped if tiny or mostly cut away.
+  colour jitter. Boxes follow the pixels, are clipped, and dropped if tiny or if less than
+  `min_visible` of their area is left (DatasetParam.crop_min_visible; 0 keeps any box with area left).
 
 Pixels are normalised ((x - mean) / std, 0-255 RGB statistics) and the padding is set to 0 after
 normalisation, as the reference implementations do.
@@ -169,13 +170,14 @@ class DetTransform:
 
 
 def build_transform(cfg, is_train, roidb=None):
-    """DetTransform from cfg.DatasetParam (image_size, hflip_prob, scale_range, color_jitter) and
+    """DetTransform from cfg.DatasetParam (image_size, hflip_prob, scale_range, color_jitter,
+    crop_min_visible) and
     cfg.NormalizeParam (mean, std). For training with any of DatasetParam's mosaic / mixup / cutmix /
     paste probabilities above 0, wrapped in core.mixing.MixTransform, which draws from `roidb`."""
     d = cfg.DatasetParam
     transform = DetTransform(d.image_size, cfg.NormalizeParam.mean, cfg.NormalizeParam.std, is_train,
                              hflip_prob=d.hflip_prob, scale_range=d.scale_range,
-                             color_jitter=d.color_jitter)
+                             color_jitter=d.color_jitter, min_visible=d.crop_min_visible)
     if not is_train:
         return transform
     from core.mixing import build_mix_transform   # imported here: core.mixing imports this module
