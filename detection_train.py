@@ -28,11 +28,11 @@ from core.dataset import load_config_roidb
 from core.devices import contexts
 from core.hooks import Checkpointer, EMAUpdate, InterruptHook, MetricsLogger, NonFiniteCheck, RunState, train_loop
 from core.loader import DetectionLoader
-from core.optimizer import build_optimizer, initializer, restore_optimizer_states
+from core.optimizer import attach_optimizer, build_optimizer, initializer, restore_optimizer_states
 from core.pipeline import build_transform
 from core.train_step import TrainStep
 from core.targets import make_target_fn
-from models.efficientdet.builder import get_train_symbol
+from models.efficientdet.builder import get_train_symbol, train_data_shapes
 from models.efficientdet.stats import param_shapes
 from utils.checkpoint import latest_checkpoint, load_checkpoint
 from utils.config import add_config_args, load_config
@@ -52,9 +52,9 @@ def create_kvstore(cfg):
     A process started as a worker by scripts/launch.py (DMLC_ROLE=worker) uses dist_sync, or
     dist_device_sync with GPUs, unless the config names one of them already. The dist kvstore is
     created once, here; creating it joins the job (ps-lite waits for every node). Parameters are
-    updated on the workers and the servers only sum gradients (MXNET_UPDATE_ON_KVSTORE=0): so
-    every worker holds the optimizer state, which rank 0 checkpoints (a server-side optimizer
-    cannot be saved from a worker), and the logged lr is the one applied.
+    updated on the workers and the servers only sum gradients (core.optimizer.attach_optimizer):
+    so every worker holds the optimizer state, which rank 0 checkpoints, and the logged lr is the
+    one applied.
     """
     name = cfg.KvstoreParam.kvstore
     if os.environ.get("DMLC_ROLE") != "worker":
@@ -69,7 +69,6 @@ def create_kvstore(cfg):
     if cfg.General.fp16 and not cfg.OptimizeParam.loss_scale:
         raise UserError("dynamic loss scaling skips overflowing steps on one worker only, which stalls "
                         "dist_sync; set a static OptimizeParam.loss_scale (e.g. 1024) for distributed fp16")
-    os.environ["MXNET_UPDATE_ON_KVSTORE"] = "0"   # read by Module.init_optimizer
     global dist_kvstore
     dist_kvstore = kv = mx.kv.create(name)
     return kv, kv.rank, kv.num_workers
@@ -134,35 +133,37 @@ def open_run(args, cfg, exp_dir):
 
 
 def build_module(cfg, loader, ctx, manifest):
-    """(Module bound for training with its initial weights, optimizer states to restore or None,
-    EMA state or None, names of the trainable parameters)."""
-    g = cfg.General
-    sym = get_train_symbol(cfg)
-    data_names = ["data"] + (["loss_scale"] if g.fp16 else [])
-    data_shapes = loader.provide_data + ([("loss_scale", (loader.batch_size,))] if g.fp16 else [])
+    """(Module bound for training on devices `ctx` with its initial weights, optimizer states to
+    restore or None, EMA state or None, names of the trainable parameters). With
+    OptimizeParam.accumulate > 1 gradients add up over backward passes (grad_req "add"; TrainStep
+    zeroes them after each update)."""
+    sym = get_train_symbol(cfg, len(ctx))
+    data_shapes = train_data_shapes(cfg, loader.batch_size)
+    data_names = [n for n, _ in data_shapes]
     label_names = [d.name for d in loader.provide_label]
     arg_names = [n for n in sym.list_arguments() if n not in data_names + label_names]
     fixed = fixed_param_names(arg_names, cfg.ModelParam.pretrain.fixed_param)
     logger.info("%d of %d parameters frozen", len(fixed), len(arg_names))
     mod = mx.mod.Module(sym, data_names=data_names, label_names=label_names, context=ctx, fixed_param_names=fixed)
-    mod.bind(data_shapes, loader.provide_label, for_training=True)
-    arg, aux, states, ema_state = initial_params(cfg, sym, dict(data_shapes + loader.provide_label), manifest)
+    mod.bind(data_shapes, loader.provide_label, for_training=True,
+             grad_req="add" if cfg.OptimizeParam.accumulate > 1 else "write")
+    # The graph is built for General.batch_image images (one device's slice of the batch).
+    one_device = train_data_shapes(cfg, cfg.General.batch_image) + \
+        [(d.name, (cfg.General.batch_image,) + tuple(d.shape[1:])) for d in loader.provide_label]
+    arg, aux, states, ema_state = initial_params(cfg, sym, dict(one_device), manifest)
     mod.init_params(initializer(), arg_params=arg, aux_params=aux, allow_missing=True)
     return mod, states, ema_state, [n for n in arg_names if n not in fixed]
 
 
-def init_optimizer(cfg, mod, kvstore, num_images, iters_per_epoch, num_update, num_workers):
+def init_optimizer(cfg, mod, kvstore, num_images, updates_per_epoch, num_update, num_workers):
     """Module.init_optimizer with the configured optimizer, its schedule at update `num_update`."""
-    batch = cfg.General.batch_image * len(mod._context)
-    # A step of dist_sync sees batch x workers images; with scale_lr_by_workers the lr follows that
-    # global batch (linear scaling), as on one machine with the same total batch.
+    # An update sees batch_image x devices x accumulate images per worker. The lr follows that
+    # batch (linear scaling), times the workers with scale_lr_by_workers: one machine with the
+    # same total batch then takes the same steps.
+    batch = cfg.General.batch_image * len(mod._context) * cfg.OptimizeParam.accumulate
     lr_batch = batch * num_workers if cfg.KvstoreParam.scale_lr_by_workers else batch
-    opt = build_optimizer(cfg, mod._param_names, num_images, lr_batch, iters_per_epoch, num_update)
-    # Each replica (device of a worker) normalises its loss by its own positives + 1, and the
-    # kvstore SUMS the replicas' gradients (devices, then workers on the servers): 1/replicas makes
-    # the step the mean over replicas, as automl averages per-replica losses across TPU cores.
-    opt.rescale_grad = 1.0 / (num_workers * len(mod._context))
-    mod.init_optimizer(kvstore=kvstore, optimizer=opt)
+    opt = build_optimizer(cfg, mod._param_names, num_images, lr_batch, updates_per_epoch, num_update)
+    attach_optimizer(mod, opt, kvstore)
 
 
 def make_hooks(cfg, manifest, class_names):
@@ -197,31 +198,31 @@ def main():
                              seed=g.seed, num_workers=cfg.DatasetParam.num_workers,
                              prefetch=cfg.DatasetParam.prefetch, begin_epoch=begin_epoch,
                              rank=rank, num_ranks=num_workers)
-    num_update, skip = resume_position(manifest, loader.num_batches, begin_epoch)
+    num_update, skip = resume_position(manifest, loader.num_batches, begin_epoch, o.accumulate)
+    updates_per_epoch = -(-loader.num_batches // o.accumulate)
     loader.seek(skip)
 
     # model and optimizer
     mod, states, ema_state, trainable = build_module(cfg, loader, ctx, manifest)
     if isinstance(kvstore, mx.kv.KVStore):
         check_same_start(kvstore, num_update)
-    init_optimizer(cfg, mod, kvstore, len(roidb), loader.num_batches, num_update, num_workers)
+    init_optimizer(cfg, mod, kvstore, len(roidb), updates_per_epoch, num_update, num_workers)
     if states:
         guarded("restoring the optimizer state of %s" % describe(manifest), exp_dir, restore_optimizer_states,
-                mod, states, exp_dir)
+                mod, states, exp_dir, manifest["extra"].get("devices"))
     ema = ExponentialMovingAverage(o.ema_decay) if o.ema_decay > 0 else None
     if ema and ema_state:
         ema.load(ema_state)
     loss_scale = (manifest["extra"]["loss_scale"] if manifest else (o.loss_scale or 2.0 ** 16)) if g.fp16 else None
-    # Under dist_sync the global-norm clipping of TrainStep acts on each worker's gradient before the
-    # push: the applied mean gradient still has norm <= clip_gradient, but it equals clipping the
-    # global gradient only when no worker clips.
     step = TrainStep(mod, o.clip_gradient, loss_scale, dynamic=g.fp16 and not o.loss_scale)
-    logger.info("training %s: %d images, batch %d x %d worker(s) (rank %d), %d iterations/epoch, epochs %d..%d, "
-                "%d trainable params", g.name, len(roidb), batch, num_workers, rank, loader.num_batches,
-                begin_epoch, o.schedule.end_epoch, len(trainable))
+    logger.info("training %s: %d images, batch %d (%d device(s)) x %d accumulated x %d worker(s) (rank %d), "
+                "%d iterations/epoch, epochs %d..%d, %d trainable params", g.name, len(roidb), batch, len(ctx),
+                o.accumulate, num_workers, rank, updates_per_epoch, begin_epoch, o.schedule.end_epoch,
+                len(trainable))
 
     run = RunState(cfg, mod, step, loader, exp_dir, rank, num_workers, ema, epoch=begin_epoch,
-                   num_update=num_update, batch_in_epoch=skip, images_per_step=batch * num_workers)
+                   num_update=num_update, batch_in_epoch=skip, images_per_step=batch * o.accumulate * num_workers,
+                   accumulate=o.accumulate)
     return train_loop(run, make_hooks(cfg, manifest, [c["name"] for c in categories]))
 
 

@@ -22,6 +22,12 @@ def make_config(is_train, overrides=None):
     class KvstoreParam:
         kvstore = "local"            # local | device | nccl | dist_sync | dist_device_sync
         gpus = []                    # empty: run on CPU
+        # Data parallelism over N CPU contexts (0 = off): a testing and debugging feature that runs
+        # the multi-device code path (gradient reduction, SyncBN) without GPUs; not faster than one.
+        cpu_devices = 0
+        # BN statistics over the batch of all devices of a worker (mx.sym.contrib.SyncBatchNorm), not
+        # per device; no effect with one device or where BN is frozen. Parameter names are unchanged.
+        sync_bn = False
         # Under scripts/launch.py (DMLC_ROLE=worker) a non-dist kvstore becomes dist_sync (or
         # dist_device_sync with gpus). The lr then follows the global batch, batch x workers,
         # so the schedule matches one machine at that batch; False keeps the per-worker lr.
@@ -34,7 +40,10 @@ def make_config(is_train, overrides=None):
 
     class BackboneParam:
         name = "efficientnet_b0"
-        drop_connect = 0.0           # EfficientDet disables drop-connect for its backbone (0 = off)
+        # Stochastic depth in the MBConv blocks: block i of n drops its residual branch with
+        # probability drop_connect * i / n (0 = off). effdet's efficientdet_d* recipe: 0.1 for D0,
+        # 0.2 from D1 up (efficientdet_overrides sets it per variant).
+        drop_connect = 0.2
         bn_momentum = 0.99
         bn_eps = 1e-3
 
@@ -75,7 +84,10 @@ def make_config(is_train, overrides=None):
         # training augmentation (core/transforms.py); eval only resizes and pads
         hflip_prob = 0.5
         scale_range = (0.1, 2.0)     # scale jitter of the input size, then a random crop
-        color_jitter = (0.1, 0.1, 0.1, 0.0)  # brightness, contrast, saturation, hue (0 = off)
+        # a box cut by the crop is kept when it keeps at least this fraction of its area (0 = any box
+        # with area left, as automl and effdet do)
+        crop_min_visible = 0.0
+        color_jitter = (0.0, 0.0, 0.0, 0.0)  # brightness, contrast, saturation, hue (0 = off, as automl)
         # sample mixing before the geometry above (core/augment.py, core/mixing.py); 0 = off
         mosaic_prob = 0.0            # 4 images in a 2x2 around a random centre
         mixup_prob = 0.0             # blend with another image; both box sets kept with full labels
@@ -106,6 +118,10 @@ def make_config(is_train, overrides=None):
         clip_gradient = 10.0         # global L2 norm of all gradients (0 = off)
         ema_decay = 0.9998           # EMA of weights and BN statistics, used for evaluation (0 = off)
         loss_scale = 0.0             # fp16 only: 0 = dynamic loss scaling, > 0 = static scale
+        # micro-batches per optimiser update: gradients of k batches are summed before one update, so
+        # the update sees k x the batch (lr scaling too); schedule, clipping, EMA and checkpoints
+        # count updates
+        accumulate = 1
 
         class schedule:
             type = "cosine"          # cosine | step
@@ -116,7 +132,7 @@ def make_config(is_train, overrides=None):
 
         class warmup:
             epochs = 1.0
-            init_lr_ratio = 0.0
+            init_lr_ratio = 0.1      # warmup starts at 0.1 x lr, as automl
 
     class TestParam:
         score_thresh = 0.0
@@ -148,5 +164,6 @@ def efficientdet_overrides(variant):
         "NeckParam.max_level": v.max_level,
         "HeadParam.repeats": v.head_repeats,
         "AnchorParam.scale": v.anchor_scale,
+        "BackboneParam.drop_connect": 0.1 if variant == "d0" else 0.2,
         "DatasetParam.image_size": (v.image_size, v.image_size),
     }

@@ -1,12 +1,13 @@
 """The training loop: a run state that hooks read and change, in the manner of detectron2's HookBase.
 
 `train_loop(run, hooks)` reads top-down: before_train; per epoch before_epoch, per step (one
-optimiser update) the step then after_step, at the epoch's end after_epoch; after_train. Hooks run
-in list order at every point, so a hook that needs another's work goes after it (the checkpointer
-saves an interrupted position before the interrupt hook names it). A hook ends the run early with
-`run.request_stop(reason, exit_code)`: the loop stops after the current step's (or epoch's) hooks,
-and after_train still runs.
+optimiser update over OptimizeParam.accumulate loader batches) the step then after_step, at the
+epoch's end after_epoch; after_train. Hooks run in list order at every point, so a hook that needs
+another's work goes after it (the checkpointer saves an interrupted position before the interrupt
+hook names it). A hook ends the run early with `run.request_stop(reason, exit_code)`: the loop
+stops after the current step's (or epoch's) hooks, and after_train still runs.
 """
+import itertools
 import logging
 import math
 import os
@@ -28,24 +29,35 @@ class RunState:
     """What the loop and its hooks share.
 
     Fixed for the run: cfg, mod (the bound Module), step (a TrainStep), loader, exp_dir, rank,
-    num_workers, ema (an ExponentialMovingAverage or None), images_per_step (over all workers).
+    num_workers, ema (an ExponentialMovingAverage or None), images_per_step (over all workers),
+    accumulate (loader batches per update).
     Position: epoch (0-based, the epoch being trained; after_epoch sees the one just finished),
-    num_update (optimiser updates done, which the lr schedule and checkpoints count),
+    num_update (optimiser updates done, which the lr schedule, EMA and checkpoints count),
     batch_in_epoch (loader batches of this epoch done, including those a resume skipped).
     losses: the last step's loss values, or None when the step was skipped (fp16 overflow).
     stop_reason / exit_code: set by request_stop.
     """
 
     def __init__(self, cfg, mod, step, loader, exp_dir, rank=0, num_workers=1, ema=None, epoch=0,
-                 num_update=0, batch_in_epoch=0, images_per_step=1):
+                 num_update=0, batch_in_epoch=0, images_per_step=1, accumulate=1):
         self.cfg, self.mod, self.step, self.loader, self.ema = cfg, mod, step, loader, ema
+        self.accumulate = accumulate
         self.exp_dir, self.rank, self.num_workers, self.images_per_step = exp_dir, rank, num_workers, images_per_step
         self.epoch, self.num_update, self.batch_in_epoch = epoch, num_update, batch_in_epoch
         self.losses, self.stop_reason, self.exit_code = None, None, 0
 
     @property
-    def iters_per_epoch(self):
+    def batches_per_epoch(self):
         return self.loader.num_batches
+
+    @property
+    def steps_per_epoch(self):
+        """Updates per epoch (the last one may take fewer than `accumulate` batches)."""
+        return -(-self.loader.num_batches // self.accumulate)
+
+    @property
+    def step_in_epoch(self):
+        return -(-self.batch_in_epoch // self.accumulate)
 
     @property
     def loss_names(self):
@@ -97,10 +109,14 @@ def train_loop(run, hooks):
 def _train_epoch(run, hooks):
     for h in hooks:
         h.before_epoch(run)
-    for data in run.loader:
-        run.losses = run.step(data)
+    batches = iter(run.loader)
+    while True:
+        micro = list(itertools.islice(batches, run.accumulate))
+        if not micro:
+            break
+        run.losses = run.step(micro)
         run.num_update += run.losses is not None
-        run.batch_in_epoch += 1
+        run.batch_in_epoch += len(micro)
         for h in hooks:
             h.after_step(run)
         if run.stop_reason is not None:
@@ -137,7 +153,7 @@ class EMAUpdate(HookBase):
 
 
 class MetricsLogger(HookBase):
-    """A progress bar per epoch, and every General.log_frequency batches (and at an epoch's end) the
+    """A progress bar per epoch, and every General.log_frequency updates (and at an epoch's end) the
     mean losses of the window, the lr and the speed: on the bar, and on rank 0 to metrics.csv. At a
     normal end rank 0 plots loss_curve.png. `keep_until`: the resumed checkpoint's iteration (rows
     past it are iterations the resumed run repeats)."""
@@ -151,7 +167,7 @@ class MetricsLogger(HookBase):
             self.metrics = MetricsWriter(os.path.join(run.exp_dir, "metrics.csv"), keep_until=self.keep_until)
 
     def before_epoch(self, run):
-        self.bar = tqdm(total=run.iters_per_epoch, initial=run.batch_in_epoch, desc="epoch %d" % run.epoch,
+        self.bar = tqdm(total=run.steps_per_epoch, initial=run.step_in_epoch, desc="epoch %d" % run.epoch,
                         dynamic_ncols=True, disable=None)
         self.window, self.tick = [], time.time()
 
@@ -159,7 +175,7 @@ class MetricsLogger(HookBase):
         if run.losses is not None:
             self.window.append(run.losses)
         self.bar.update(1)
-        if run.batch_in_epoch % run.cfg.General.log_frequency and run.batch_in_epoch != run.iters_per_epoch:
+        if run.step_in_epoch % run.cfg.General.log_frequency and run.batch_in_epoch != run.batches_per_epoch:
             return
         speed = len(self.window) * run.images_per_step / max(time.time() - self.tick, 1e-9)
         mean = np.mean(self.window, axis=0) if self.window else [float("nan")] * len(run.loss_names)
@@ -198,14 +214,15 @@ class Checkpointer(HookBase):
             save_checkpoint(run.exp_dir, epoch, run.num_update, arg, aux, optimizer_states(run.mod, run.exp_dir),
                             run.ema.state_dict() if run.ema else None,
                             extra={"batch_in_epoch": batch_in_epoch, "loss_scale": run.step.loss_scale,
-                                   "iters_per_epoch": run.iters_per_epoch},
+                                   "iters_per_epoch": run.batches_per_epoch, "accumulate": run.accumulate,
+                                   "devices": len(run.mod._context)},
                             epoch_prefix=os.path.join(run.exp_dir, g.name) if epoch_end else None,
                             keep_last=g.keep_last, class_names=self.class_names)
         guarded("saving the checkpoint of epoch %d iteration %d" % (epoch, run.num_update), run.exp_dir, write)
 
     def after_step(self, run):
         every = run.cfg.General.checkpoint_iters
-        if every and run.num_update % every == 0 and run.batch_in_epoch < run.iters_per_epoch:
+        if every and run.num_update % every == 0 and run.batch_in_epoch < run.batches_per_epoch:
             self.save(run, run.epoch, run.batch_in_epoch, False)
 
     def after_epoch(self, run):

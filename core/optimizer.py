@@ -35,22 +35,38 @@ def initializer():
 
 def build_optimizer(cfg, arg_names, num_images, batch_total, iters_per_epoch, begin_num_update):
     """The optimiser object from OptimizeParam, with linear lr scaling, warmup + decay, and no
-    weight decay on BN, biases and BiFPN fusion weights."""
+    weight decay on BN, biases and BiFPN fusion weights. `batch_total`: the images of one update
+    (all devices, micro-batches and, with scale_lr_by_workers, workers); `iters_per_epoch`: updates.
+
+    The index -> name map is left to Module.init_optimizer (attach_optimizer): updating on the
+    worker, Module calls the optimiser with index i * num_devices + k for parameter i on device k,
+    and only Module knows the devices. A map passed here would be kept as it is, and with several
+    devices it names the wrong parameters (weight decay on BN, none on some kernels)."""
     o = cfg.OptimizeParam
     sched = build_lr_scheduler(cfg, num_images, batch_total, iters_per_epoch)
     common = dict(learning_rate=sched.base_lr, wd=o.wd, lr_scheduler=sched, begin_num_update=begin_num_update,
-                  param_idx2name=dict(enumerate(arg_names)), multi_precision=cfg.General.fp16)
+                  multi_precision=cfg.General.fp16)
     if o.optimizer == "sgd":
         opt = mx.optimizer.create("sgd", momentum=o.momentum, **common)
     elif o.optimizer in ("adam", "adamw"):
         opt = mx.optimizer.create(o.optimizer, **common)
     else:
         raise UserError("unknown OptimizeParam.optimizer '%s' (sgd | adam | adamw)" % o.optimizer)
-    opt.set_wd_mult(param_groups_no_wd(arg_names))
-    # The losses are already normalised by the positives in the batch, so gradients are not averaged
-    # again over the batch: rescale_grad stays 1 (Module warns about that; it is intended).
+    opt.set_wd_mult(param_groups_no_wd(arg_names))     # by name: every name is listed
+    # The losses are normalised by the positives of the whole step, so the summed gradients of all
+    # devices and workers are the step's gradient: no averaging. TrainStep sets rescale_grad per
+    # step to the clipping (and fp16 unscaling) factor; Module warns that it is not 1/batch.
     warnings.filterwarnings("ignore", message="Optimizer created manually outside Module")
     return opt
+
+
+def attach_optimizer(mod, opt, kvstore="local"):
+    """mod.init_optimizer(kvstore, opt) with the update on the worker, never on the kvstore: TrainStep
+    sums the gradients through the kvstore itself, clips their sum, then runs the optimiser on every
+    device's copy (a kvstore-side optimiser would also leave no state a worker can checkpoint)."""
+    os.environ["MXNET_UPDATE_ON_KVSTORE"] = "0"   # read by Module.init_optimizer
+    mod.init_optimizer(kvstore=kvstore, optimizer=opt)
+    assert not mod._update_on_kvstore
 
 
 def optimizer_states(mod, folder):
@@ -67,8 +83,13 @@ def optimizer_states(mod, folder):
             os.remove(tmp)
 
 
-def restore_optimizer_states(mod, states, folder):
-    """Load bytes from optimizer_states() into a Module whose optimiser is initialised."""
+def restore_optimizer_states(mod, states, folder, devices=None):
+    """Load bytes from optimizer_states() into a Module whose optimiser is initialised.
+
+    The optimiser keeps one state per parameter i and device k, at index i * devices + k. States
+    saved with another number of devices (`devices`; None: inferred from the indices) are mapped
+    onto this Module's devices, each device getting its own copy of the saved state of device 0
+    (the copies are equal: every device takes the same update)."""
     tmp = os.path.join(folder, ".optimizer-states-%d.tmp" % os.getpid())
     try:
         with open(tmp, "wb") as f:
@@ -77,6 +98,20 @@ def restore_optimizer_states(mod, states, folder):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    updater, params, new = mod._updater, len(mod._exec_group.param_names), len(mod._context)
+    saved = updater.states
+    old = devices or (max(saved) // params + 1 if saved else new)
+    if old != new:
+        updater.states = {i * new + k: _copy_state(saved[i * old])
+                          for i in range(params) if i * old in saved for k in range(new)}
+        updater.states_synced = dict.fromkeys(updater.states, False)   # moved to each device on first use
+
+
+def _copy_state(state):
+    """A deep copy of an optimiser state: an NDArray, a tuple/list of states, or None."""
+    if isinstance(state, (tuple, list)):
+        return type(state)(_copy_state(s) for s in state)
+    return state.copy() if state is not None else None
 
 
 def param_groups_no_wd(arg_names):

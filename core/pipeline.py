@@ -25,11 +25,12 @@ class Compose:
 
 def build_transform(cfg, is_train, roidb=None):
     """The pipeline of cfg: DetTransform from cfg.DatasetParam (image_size, hflip_prob, scale_range,
-    color_jitter) and cfg.NormalizeParam (mean, std); for training with any of DatasetParam's
+    color_jitter, crop_min_visible) and cfg.NormalizeParam (mean, std); for training with any of DatasetParam's
     mosaic / mixup / cutmix / paste probabilities above 0, preceded by a MixStep drawing from
     `roidb`."""
     d = cfg.DatasetParam
     geometry = DetTransform(d.image_size, cfg.NormalizeParam.mean, cfg.NormalizeParam.std, is_train,
-                            hflip_prob=d.hflip_prob, scale_range=d.scale_range, color_jitter=d.color_jitter)
+                            hflip_prob=d.hflip_prob, scale_range=d.scale_range, color_jitter=d.color_jitter,
+                            min_visible=d.crop_min_visible)
     mixing = build_mix_step(cfg, roidb, geometry.min_box_size, geometry.min_visible) if is_train else None
     return Compose(([mixing] if mixing else []) + [geometry])

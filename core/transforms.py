@@ -7,7 +7,8 @@ continuous with pixel edges at integers (the roidb convention): a point u maps t
 - eval: s = min(H / h, W / w), no offset: the image sits top-left, the rest is padding.
 - train (EfficientDet / automl `resize_and_crop_image`): optional horizontal flip, random scale
   r in scale_range, s = min(r H / h, r W / w), a random crop offset inside the scaled image, then
-  colour jitter. Boxes follow the pixels, are clipped, and dropped if tiny or mostly cut away.
+  colour jitter. Boxes follow the pixels, are clipped, and dropped if tiny or if less than
+  `min_visible` of their area is left (DatasetParam.crop_min_visible; 0 keeps any box with area left).
 
 Pixels are normalised ((x - mean) / std, 0-255 RGB statistics) and the padding is set to 0 after
 normalisation, as the reference implementations do.

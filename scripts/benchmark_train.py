@@ -18,10 +18,10 @@ configure_threads()
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from core.optimizer import build_optimizer, initializer  # noqa: E402
+from core.optimizer import attach_optimizer, build_optimizer, initializer  # noqa: E402
 from core.train_step import TrainStep  # noqa: E402
 from core.targets import make_target_fn  # noqa: E402
-from models.efficientdet.builder import get_train_symbol  # noqa: E402
+from models.efficientdet.builder import get_train_symbol, train_data_shapes  # noqa: E402
 from utils.config import add_config_args, load_config  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
@@ -49,13 +49,13 @@ def bound_train_step(cfg, batch_size):
     cfg.General.batch_image = batch_size      # the graph is built for its batch size
     batch, names = random_batch(cfg, batch_size, np.random.RandomState(0))
     sym = get_train_symbol(cfg)
-    data_names = ["data"] + (["loss_scale"] if cfg.General.fp16 else [])
+    data_shapes = train_data_shapes(cfg, batch_size)
+    data_names = [n for n, _ in data_shapes]
     mod = mx.mod.Module(sym, data_names=data_names, label_names=names, context=mx.cpu())
-    data_shapes = [("data", batch.data[0].shape)] + ([("loss_scale", (batch_size,))] if cfg.General.fp16 else [])
     mod.bind(data_shapes, [(n, l.shape) for n, l in zip(names, batch.label)])
     mod.init_params(initializer())
     arg_names = [n for n in sym.list_arguments() if n not in data_names + names]
-    mod.init_optimizer(optimizer=build_optimizer(cfg, arg_names, 1000, batch_size, 100, 0))
+    attach_optimizer(mod, build_optimizer(cfg, arg_names, 1000, batch_size, 100, 0))
     step = TrainStep(mod, cfg.OptimizeParam.clip_gradient, 2.0 ** 16 if cfg.General.fp16 else None)
     return step, batch
 
@@ -71,7 +71,7 @@ def main():
     times = []
     for i in range(args.warmup + args.iters):
         start = time.perf_counter()
-        step(batch)
+        step([batch])
         mx.nd.waitall()
         if i >= args.warmup:
             times.append(time.perf_counter() - start)

@@ -82,7 +82,7 @@ def train_runner(cfg, batch):
     step, data = bound_train_step(cfg, batch)
 
     def run():
-        step(data)
+        step([data])
         mx.nd.waitall()
     return run
 

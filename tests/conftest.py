@@ -51,3 +51,56 @@ def reference_dir():
     if not os.path.isdir(REFERENCE_DIR):
         pytest.skip("reference fixtures folder %s is absent" % REFERENCE_DIR)
     return REFERENCE_DIR
+
+
+def varied_roidb(folder, num_images, size=64, seed=0):
+    """A roidb cache of `num_images` noise images (lossless PNG) with 1-3 boxes of random size,
+    place and class (5 classes) each, so images differ in their number of positive anchors;
+    returns the cache path. Used by the multi-device equivalence tests."""
+    import cv2
+    import numpy as np
+    from core.roidb import save_roidb
+    os.makedirs(folder, exist_ok=True)
+    rng, roidb = np.random.RandomState(seed), []
+    for i in range(num_images):
+        img = rng.randint(0, 256, (size, size, 3)).astype(np.uint8)
+        n = rng.randint(1, 4)
+        wh = rng.uniform(0.15, 0.6, (n, 2)) * size
+        xy = rng.uniform(0, 1, (n, 2)) * (size - wh)
+        boxes = np.hstack([xy, xy + wh]).astype(np.float32)
+        classes = rng.randint(0, 5, n).astype(np.int32)
+        for (x1, y1, x2, y2), c in zip(boxes.astype(int), classes):
+            img[y1:y2, x1:x2] = (50 * c, 255 - 40 * c, 128)
+        path = os.path.join(folder, "%03d.png" % i)
+        cv2.imwrite(path, img)
+        roidb.append({"image": path, "width": size, "height": size, "image_id": i + 1, "boxes": boxes,
+                      "classes": classes})
+    path = os.path.join(folder, "roidb.json")
+    save_roidb(path, roidb, [{"id": c + 1, "name": "c%d" % c} for c in range(5)], "test")
+    return path
+
+
+def weight_difference(a, b, init, rel=1e-4):
+    """How far two trainings that should agree ended apart, relative to how far they moved.
+
+    a, b: {name: array} final weights; init: {name: array} the common start (names of `a` missing
+    there are skipped). Returns (worst, relative): worst = max over tensors of max|a - b| divided
+    by its bound, rel * max|a - init| + 4 float32 ulps of max|a| (a tensor that barely moves still
+    rounds differently) + 1e-6 of the largest move of any tensor (a tensor whose exact gradient is
+    zero, such as a bias before a training BatchNorm, moves by float noise only); relative =
+    ||a - b|| / ||a - init|| over all tensors (L2). Asserts that the weights moved
+    (||a - init|| > 1e-3 ||init||)."""
+    import numpy as np
+    names = [n for n in a if n in init]
+    one, two, start = ({n: np.asarray(x[n], np.float64) for n in names} for x in (a, b, init))
+    moves = {n: np.abs(one[n] - start[n]).max() for n in names}
+    floor = 1e-6 * max(moves.values())
+    worst = max(np.abs(one[n] - two[n]).max() / (rel * moves[n] + 4 * np.spacing(np.float32(np.abs(one[n]).max()))
+                                                 + floor) for n in names)
+    diff2 = sum(((one[n] - two[n]) ** 2).sum() for n in names)
+    update2 = sum(((one[n] - start[n]) ** 2).sum() for n in names)
+    init2 = sum((start[n] ** 2).sum() for n in names)
+    assert np.sqrt(update2 / init2) > 1e-3, "the weights hardly moved"
+    print("weight_difference: worst %.3g relative %.3g move %.3g" % (worst, np.sqrt(diff2 / update2),
+                                                                       np.sqrt(update2 / init2)))
+    return worst, float(np.sqrt(diff2 / update2))

@@ -130,15 +130,15 @@ def test_frozen_parameters_stay_bit_identical(tmp_path):
 def test_fp16_graph_dtypes():
     cfg = load_config("config/quickstart.py", TINY + ["General.fp16=True"], is_train=True)
     sym = get_train_symbol(cfg)
-    args, outs, aux = sym.infer_type(data=np.float32, loss_scale=np.float32, cls_target=np.float32,
-                                     box_target=np.float32)
+    args, outs, aux = sym.infer_type(data=np.float32, normaliser=np.float32, loss_scale=np.float32,
+                                     cls_target=np.float32, box_target=np.float32)
     types = dict(zip(sym.list_arguments(), args))
     assert types["stem_conv_weight"] == np.float16 and types["cls_pred_weight"] == np.float16
     assert types["stem_bn_gamma"] == np.float32  # BN keeps fp32 parameters
     assert all(t == np.float32 for t in outs)      # losses computed in fp32
     internals = sym.get_internals()
-    _, inner, _ = internals.infer_type(data=np.float32, loss_scale=np.float32, cls_target=np.float32,
-                                       box_target=np.float32)
+    _, inner, _ = internals.infer_type(data=np.float32, normaliser=np.float32, loss_scale=np.float32,
+                                       cls_target=np.float32, box_target=np.float32)
     inner = dict(zip(internals.list_outputs(), inner))
     assert inner["stage4_unit1_dw_conv_output"] == np.float16
 

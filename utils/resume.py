@@ -17,26 +17,33 @@ from utils.errors import UserError
 logger = logging.getLogger(__name__)
 
 
-def resume_position(manifest, iters_per_epoch, begin_epoch=0):
-    """(iteration, batch in the epoch) to continue from, in this run's batches.
+def resume_position(manifest, batches_per_epoch, begin_epoch=0, accumulate=1):
+    """(iteration, batch in the epoch) to continue from: iterations count optimiser updates, batches
+    count loader batches (an update takes `accumulate` of them; an epoch's last update may take
+    fewer, so an epoch has ceil(batches_per_epoch / accumulate) updates).
 
-    A checkpoint counts iterations in the batches of the run that wrote it (manifest extra
-    "iters_per_epoch"). When that differs (another General.batch_image or number of devices or
-    workers), the position is re-mapped to the same fraction of the epoch, rounded down (a few
-    images repeat rather than being skipped): keeping the old count would run past the end of the new
-    schedule, at lr 0. Without a checkpoint: (begin_epoch * iters_per_epoch, 0).
+    A checkpoint records the loader batches per epoch and the accumulation of the run that wrote it
+    (manifest extra "iters_per_epoch", "accumulate"). When either differs (another
+    General.batch_image, number of devices or workers, or OptimizeParam.accumulate), the position
+    is re-mapped to the same fraction of the epoch, rounded down to a whole update (a few images
+    repeat rather than being skipped): keeping the old count would run past the end of the new
+    schedule, at lr 0. Without a checkpoint: (begin_epoch * updates per epoch, 0).
     """
+    updates_per_epoch = int(math.ceil(batches_per_epoch / float(accumulate)))
     if manifest is None:
-        return begin_epoch * iters_per_epoch, 0
+        return begin_epoch * updates_per_epoch, 0
     epoch, batch = manifest["epoch"], manifest["extra"].get("batch_in_epoch", 0)
     old = manifest["extra"].get("iters_per_epoch")
-    if old is None or old == iters_per_epoch:   # older checkpoints did not record it
+    old_accumulate = manifest["extra"].get("accumulate", 1)
+    if old is None or (old, old_accumulate) == (batches_per_epoch, accumulate):   # older checkpoints lack it
         return manifest["iteration"], batch
-    skip = int(math.floor(batch * iters_per_epoch / float(old)))
-    iteration = epoch * iters_per_epoch + skip
-    logger.warning("--resume: the checkpoint ran %d iterations per epoch, this run %d (batch or devices "
-                   "changed): position re-mapped from iteration %d (batch %d of epoch %d) to iteration %d "
-                   "(batch %d)", old, iters_per_epoch, manifest["iteration"], batch, epoch, iteration, skip)
+    updates = int(math.floor(batch * batches_per_epoch / float(old) / accumulate))
+    skip = min(updates * accumulate, batches_per_epoch)
+    iteration = epoch * updates_per_epoch + updates
+    logger.warning("--resume: the checkpoint ran %d batches per epoch with %d per update, this run %d with %d "
+                   "(batch, devices or accumulation changed): position re-mapped from iteration %d (batch %d of "
+                   "epoch %d) to iteration %d (batch %d)", old, old_accumulate, batches_per_epoch, accumulate,
+                   manifest["iteration"], batch, epoch, iteration, skip)
     return iteration, skip
 
 

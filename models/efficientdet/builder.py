@@ -37,12 +37,24 @@ def get_raw_symbol(cfg):
     return mx.sym.Group(outs)
 
 
-def get_train_symbol(cfg):
-    """Training symbol: network + losses. Inputs `data` (N, 3, H, W), labels `cls_target` (N, A) and
-    `box_target` (N, A, 4). Outputs cls_loss_output and box_loss_output (each (1,)).
+def train_data_shapes(cfg, batch):
+    """[(name, shape)] of the training symbol's data inputs for a batch of `batch` images, in order:
+    data (N, 3, H, W); normaliser (N,), the positive anchors of the whole step + 1 in every row
+    (core.train_step fills it); with General.fp16 loss_scale (N,)."""
+    h, w = cfg.DatasetParam.image_size
+    return [("data", (batch, 3, h, w)), ("normaliser", (batch,))] + \
+        ([("loss_scale", (batch,))] if cfg.General.fp16 else [])
+
+
+def get_train_symbol(cfg, num_devices=1):
+    """Training symbol: network + losses. Inputs as train_data_shapes, labels `cls_target` (N, A)
+    and `box_target` (N, A, 4). Outputs cls_loss_output and box_loss_output (each (1,)): this
+    device's share of the step's losses (the loss normaliser is the step's, see detection_loss).
 
     With General.fp16 the network runs in float16 (weights included; the optimizer keeps fp32
-    masters) and the head outputs are cast back so the losses are computed in float32.
+    masters) and the head outputs are cast back so the losses are computed in float32. With
+    KvstoreParam.sync_bn and `num_devices` > 1 the training BatchNorms become SyncBatchNorm across
+    the `num_devices` devices of the worker (sync_batchnorm).
     """
     data = mx.sym.Variable("data")
     if cfg.General.fp16:
@@ -58,10 +70,35 @@ def get_train_symbol(cfg):
     if cfg.General.fp16:
         # Loss scaling as an input (N,) so the trainer can change it between steps (dynamic scaling).
         loss_scale = mx.sym.mean(mx.sym.BlockGrad(mx.sym.Variable("loss_scale")))
+    # Every row holds the same value; a device's slice of the batch keeps it in row 0.
+    normaliser = mx.sym.slice_axis(mx.sym.Variable("normaliser"), axis=0, begin=0, end=1)
     sym = detection_loss(cls, box, mx.sym.Variable("cls_target"), mx.sym.Variable("box_target"),
                          cfg.DatasetParam.num_classes, h.focal_alpha, h.focal_gamma, h.label_smoothing,
-                         h.huber_delta, h.box_loss_weight, loss_scale)
-    return freeze_bn_statistics(sym, cfg.ModelParam.pretrain.fixed_param)
+                         h.huber_delta, h.box_loss_weight, loss_scale, normaliser)
+    sym = freeze_bn_statistics(sym, cfg.ModelParam.pretrain.fixed_param)
+    if cfg.KvstoreParam.sync_bn and num_devices > 1:
+        sym = sync_batchnorm(sym, num_devices)
+    return sym
+
+
+# BatchNorm attributes SyncBatchNorm shares (it has no axis / cudnn_off / act_type).
+_SYNC_BN_ATTRS = ("eps", "momentum", "fix_gamma", "use_global_stats", "output_mean_var")
+
+
+def sync_batchnorm(sym, num_devices):
+    """Every BatchNorm that computes batch statistics becomes mx.sym.contrib.SyncBatchNorm over
+    `num_devices` devices, keyed by its node name (the copies of a layer on the worker's devices
+    meet under that key). Node and parameter names are unchanged, so checkpoints load either way;
+    BNs on stored statistics (frozen) stay as they are."""
+    graph = json.loads(sym.tojson())
+    for node in graph["nodes"]:
+        attrs = node.get("attrs", {})
+        if node["op"] != "BatchNorm" or attrs.get("use_global_stats") == "True":
+            continue
+        node["op"] = "_contrib_SyncBatchNorm"
+        node["attrs"] = dict({k: v for k, v in attrs.items() if k in _SYNC_BN_ATTRS},
+                             ndev=str(num_devices), key=node["name"])
+    return mx.sym.load_json(json.dumps(graph))
 
 
 def freeze_bn_statistics(sym, patterns):

@@ -1,7 +1,8 @@
 """EfficientDet training losses as stock MXNet symbols (effdet `loss_fn` with `new_focal_loss`).
 
-With N = (number of anchors with cls_target >= 0 in the batch) + 1, computed in the graph and held
-constant for gradients:
+With N = (number of anchors with cls_target >= 0 in the batch) + 1, held constant for gradients
+(computed in the graph, or given: for data parallelism the positives of the whole step, see
+`detection_loss`):
 - focal = sum over (image, anchor, class) of  a_t * (1 - p_t)^gamma * BCE(x, t_s)  / N, where
   t is the one-hot class target (all-zero rows for background and ignored anchors), p = sigmoid(x),
   p_t = p if t = 1 else 1 - p, a_t = alpha if t = 1 else 1 - alpha, t_s = t*(1 - ls) + 0.5*ls
@@ -81,7 +82,8 @@ def huber_box_loss(box_pred, box_target, cls_target, normaliser, delta=0.1):
 
 
 def detection_loss(cls_outputs, box_outputs, cls_target, box_target, num_classes, alpha=0.25,
-                   gamma=1.5, label_smoothing=0.0, delta=0.1, box_loss_weight=50.0, loss_scale=None):
+                   gamma=1.5, label_smoothing=0.0, delta=0.1, box_loss_weight=50.0, loss_scale=None,
+                   normaliser=None):
     """Training outputs for a Module: mx.sym.Group([cls_loss, box_loss]).
 
     cls_outputs, box_outputs: per-level head symbols [(N, K*C, H, W)], [(N, K*4, H, W)];
@@ -89,11 +91,14 @@ def detection_loss(cls_outputs, box_outputs, cls_target, box_target, num_classes
     Outputs (each (1,), named cls_loss_output / box_loss_output): the focal loss and the unweighted
     box loss, for logging; their gradients are scaled 1 and `box_loss_weight`, so backward yields
     the gradient of focal + box_loss_weight * box. `loss_scale` (a (1,) symbol, fp16 training)
-    multiplies both outputs and so every gradient; the trainer divides it back out. Config: HeadParam.focal_alpha, focal_gamma,
-    label_smoothing, huber_delta, box_loss_weight.
+    multiplies both outputs and so every gradient; the trainer divides it back out.
+    `normaliser` (a (1,) symbol) replaces N: with the positives + 1 of the whole step (every device
+    and worker), each replica's loss is its share of the step's loss, so the summed gradients are
+    those of one device at the whole batch. None: N from this batch's cls_target.
+    Config: HeadParam.focal_alpha, focal_gamma, label_smoothing, huber_delta, box_loss_weight.
     """
     cls_pred, box_pred = flatten_level_outputs(cls_outputs, box_outputs, num_classes)
-    norm = positives_normaliser(cls_target)
+    norm = positives_normaliser(cls_target) if normaliser is None else mx.sym.BlockGrad(normaliser)
     cls = focal_loss(cls_pred, cls_target, norm, num_classes, alpha, gamma, label_smoothing)
     box = huber_box_loss(box_pred, box_target, cls_target, norm, delta)
     if loss_scale is not None:
