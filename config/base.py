@@ -106,6 +106,8 @@ def make_config(is_train, overrides=None):
         clip_gradient = 10.0         # global L2 norm of all gradients (0 = off)
         ema_decay = 0.9998           # EMA of weights and BN statistics, used for evaluation (0 = off)
         loss_scale = 0.0             # fp16 only: 0 = dynamic loss scaling, > 0 = static scale
+        # stop after this many epochs without a better val AP (0 = off; needs TestParam.eval_every)
+        early_stop_patience = 0
 
         class schedule:
             type = "cosine"          # cosine | step
@@ -119,6 +121,9 @@ def make_config(is_train, overrides=None):
             init_lr_ratio = 0.0
 
     class TestParam:
+        # detection_train.py: COCO AP on DatasetParam.val_roidb every N epochs and after the last
+        # one, with the evaluation weights (EMA); best epoch kept as <name>-best.params (0 = off)
+        eval_every = 0
         score_thresh = 0.0
         topk_candidates = 5000
         nms_type = "hard"            # hard | soft

@@ -34,7 +34,8 @@ EXACT = ["DatasetParam.image_size=(%d, %d)" % (SIZE, SIZE), "NeckParam.repeats=1
          "DatasetParam.color_jitter=(0.0, 0.0, 0.0, 0.0)", "ModelParam.pretrain.fixed_param=['_bn_']",
          "OptimizeParam.optimizer=sgd", "OptimizeParam.momentum=0.0", "OptimizeParam.wd=0.0",
          "OptimizeParam.clip_gradient=0.0", "OptimizeParam.warmup.epochs=0.0", "OptimizeParam.schedule.type=step",
-         "AnchorParam.scale=4.0"]    # the anchors the measurements below were made with (few positives)
+         "AnchorParam.scale=4.0",    # the anchors the measurements below were made with (few positives)
+         "TestParam.eval_every=0"]
 # One BLAS/OpenMP thread per process: 2 workers + a server share the 2 cores of the dev machine.
 ENV = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
 
