@@ -9,9 +9,9 @@ training kept an EMA), or any .params file for --params (--ema takes the EMA wei
 checkpoint ckpt-*.params); weights that record their class names (training checkpoints and
 exports do) must name the roidb's classes in its order. The roidb DatasetParam.val_roidb goes
 through the eval transform and the test symbol, whose graph ends in post-processing (TestParam),
-General.batch_image images per device. With TestParam.tta_flip / tta_scales every extra view
-(mirrored image, other input sizes) runs too and the views are merged per image by weighted boxes
-fusion (core/tta.py).
+General.batch_image images per device: the path of core/validation.py, which the validation during
+training shares. With TestParam.tta_flip / tta_scales every extra view (mirrored image, other input
+sizes) runs too and the views are merged per image by weighted boxes fusion (core/tta.py).
 Writes into experiments/<General.name>/:
   results-<tag>.json  COCO results: bbox x, y, w, h in original pixels, original category ids
   eval-<tag>.json     the 12 COCO numbers, pycocotools' summary lines and the per-class AP table
@@ -22,48 +22,20 @@ and with --analyze (core/error_analysis.py), at IoU 0.5:
 """
 import argparse
 import os
-import time
 
 from utils.threads import configure_threads
 
 configure_threads()  # before mxnet is imported
 
-import mxnet as mx
-from tqdm import tqdm
-
 from core.roidb import check_class_names, load_config_roidb
 from core.error_analysis import analysis_paths, write_analysis
 from core.evaluate import evaluate, format_per_class, to_coco_results
-from core.inference import bind_inference
-from core.loader import DetectionLoader
 from core.devices import contexts
-from core.tta import eval_transform, merge_views, tta_views, unflip
-from models.efficientdet.builder import get_test_symbol
+from core.validation import detect_views
 from utils.checkpoint import load_weights
 from utils.config import add_config_args, load_config
 from utils.errors import refuse_overwrite, run_cli
 from utils.fileio import write_json
-
-
-def bind_model(cfg, arg, aux, ctx, batch_size, path):
-    """Module of the test symbol at cfg's input size, holding the weights (arg, aux)."""
-    shapes = {"data": (batch_size, 3) + tuple(cfg.DatasetParam.image_size), "im_scale": (batch_size, 1)}
-    return bind_inference(get_test_symbol(cfg), arg, aux, shapes, ctx, path)
-
-
-def detect(mod, loader, flip=False):
-    """Run every batch; return {image_id: (max_det, 6) detections} (rows: see get_test_symbol).
-    flip: the loader mirrors the images, so the boxes are mirrored back (core.tta.unflip)."""
-    detections = {}
-    for batch in tqdm(loader, total=loader.num_batches, desc="test", dynamic_ncols=True, disable=None):
-        im_scale = mx.nd.array(batch.im_info[:, 2:3])
-        mod.forward(mx.io.DataBatch([batch.data[0], im_scale]), is_train=False)
-        out = mod.get_outputs()[0].asnumpy()
-        if flip:
-            out = unflip(out, batch.im_info[:, 1])
-        real = len(out) - batch.pad          # the padded tail repeats earlier images
-        detections.update(zip(batch.image_ids[:real].tolist(), out[:real]))
-    return detections
 
 
 def main():
@@ -88,7 +60,6 @@ def main():
     # data
     roidb, categories = load_config_roidb(cfg, "val")
     ctx = contexts(cfg)
-    batch_size = cfg.General.batch_image * len(ctx)
     arg, aux, trained_on = load_weights(path, ema=args.ema)
     check_class_names(trained_on, [c["name"] for c in categories], path, cfg.DatasetParam.val_roidb)
     results_path = os.path.join(exp_dir, "results-%s.json" % tag)
@@ -99,20 +70,7 @@ def main():
                      [("--params", path), ("DatasetParam.val_roidb", cfg.DatasetParam.val_roidb)])
 
     # run every view (just the plain one without TTA; the time excludes binding), score, save
-    per_view, seconds = [], 0.0
-    for view_cfg, flips in tta_views(cfg):
-        mod = bind_model(view_cfg, arg, aux, ctx, batch_size, path)
-        for flip in flips:
-            loader = DetectionLoader(roidb, eval_transform(view_cfg, flip), None, batch_size,
-                                     num_workers=cfg.DatasetParam.num_workers, prefetch=cfg.DatasetParam.prefetch)
-            start = time.time()
-            per_view.append(detect(mod, loader, flip))
-            seconds += time.time() - start
-            loader.close()
-    start = time.time()
-    detections = per_view[0] if len(per_view) == 1 else \
-        merge_views(per_view, {r["image_id"]: (r["height"], r["width"]) for r in roidb}, cfg)
-    seconds += time.time() - start
+    detections, seconds = detect_views(cfg, roidb, arg, aux, ctx, path)
     print("%d images in %.1f s (%.2f images/s) with %s" % (len(detections), seconds,
                                                             len(detections) / max(seconds, 1e-9), path))
     results = to_coco_results(detections, roidb, categories)

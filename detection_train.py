@@ -26,12 +26,16 @@ import numpy as np
 from core.anchor_fit import log_data_summary
 from core.dataset import load_config_roidb
 from core.devices import contexts
-from core.hooks import Checkpointer, EMAUpdate, InterruptHook, MetricsLogger, NonFiniteCheck, RunState, train_loop
+from core.roidb import check_class_names
+from core.hooks import (Checkpointer, EMAUpdate, InterruptHook, MetricsLogger, NonFiniteCheck, RunState, TensorBoard,
+                        train_loop)
 from core.loader import DetectionLoader
 from core.optimizer import attach_optimizer, build_optimizer, initializer, restore_optimizer_states
 from core.pipeline import build_transform
 from core.train_step import TrainStep
 from core.targets import make_target_fn
+from core.validation import Validator
+from core.validation_hook import Validation
 from models.efficientdet.builder import get_train_symbol, train_data_shapes
 from models.efficientdet.stats import param_shapes
 from utils.checkpoint import latest_checkpoint, load_checkpoint
@@ -166,11 +170,29 @@ def init_optimizer(cfg, mod, kvstore, num_images, updates_per_epoch, num_update,
     attach_optimizer(mod, opt, kvstore)
 
 
-def make_hooks(cfg, manifest, class_names):
+def val_roidb(cfg, train_categories):
+    """(roidb, categories) of DatasetParam.val_roidb when TestParam.eval_every > 0, else None; checked
+    at the start, so a missing or empty validation set never fails mid-run."""
+    if not cfg.TestParam.eval_every:
+        return None
+    if not cfg.DatasetParam.val_roidb:
+        raise UserError("TestParam.eval_every=%d evaluates on DatasetParam.val_roidb, which is not set: set it (a "
+                        "roidb cache from scripts/create_roidb.py) or TestParam.eval_every=0" % cfg.TestParam.eval_every)
+    roidb, categories = load_config_roidb(cfg, "val")
+    check_class_names([c["name"] for c in train_categories], [c["name"] for c in categories],
+                      "the training roidb " + cfg.DatasetParam.train_roidb, cfg.DatasetParam.val_roidb)
+    return roidb, categories
+
+
+def make_hooks(cfg, manifest, class_names, validator=None):
     """The hooks of a training run, in the order they run (see core.hooks)."""
-    # The checkpointer saves an interrupted position before the interrupt hook reports it.
-    return [NonFiniteCheck(), EMAUpdate(), MetricsLogger(keep_until=manifest["iteration"] if manifest else 0),
-            Checkpointer(class_names), InterruptHook()]
+    # TensorBoard first: it opens the writer the others log to. Validation before the checkpointer,
+    # whose epoch-end checkpoint then holds the evaluation's result (the best so far). The
+    # checkpointer saves an interrupted position before the interrupt hook reports it.
+    validation = [Validation(validator, class_names, manifest["iteration"] if manifest else None)] if validator else []
+    return [TensorBoard(), NonFiniteCheck(), EMAUpdate(),
+            MetricsLogger(keep_until=manifest["iteration"] if manifest else 0)] + validation + \
+        [Checkpointer(class_names), InterruptHook()]
 
 
 def main():
@@ -190,6 +212,7 @@ def main():
     # data
     roidb, categories = load_config_roidb(cfg, "train")
     log_data_summary(cfg, roidb, categories)
+    val = val_roidb(cfg, categories)
     manifest = open_run(args, cfg, exp_dir)
     begin_epoch = manifest["epoch"] if manifest else o.schedule.begin_epoch
     ctx = contexts(cfg)
@@ -220,10 +243,12 @@ def main():
                 o.accumulate, num_workers, rank, updates_per_epoch, begin_epoch, o.schedule.end_epoch,
                 len(trainable))
 
+    # Built on every rank at the same point: under dist_sync its kvstore keys are created here.
+    validator = Validator(cfg, *val, ctx, kvstore if isinstance(kvstore, mx.kv.KVStore) else None) if val else None
     run = RunState(cfg, mod, step, loader, exp_dir, rank, num_workers, ema, epoch=begin_epoch,
                    num_update=num_update, batch_in_epoch=skip, images_per_step=batch * o.accumulate * num_workers,
-                   accumulate=o.accumulate)
-    return train_loop(run, make_hooks(cfg, manifest, [c["name"] for c in categories]))
+                   accumulate=o.accumulate, hook_state=manifest["extra"].get("hooks") if manifest else None)
+    return train_loop(run, make_hooks(cfg, manifest, [c["name"] for c in categories], validator))
 
 
 def run_worker(main):

@@ -122,6 +122,8 @@ def make_config(is_train, overrides=None):
         # the update sees k x the batch (lr scaling too); schedule, clipping, EMA and checkpoints
         # count updates
         accumulate = 1
+        # stop after this many epochs without a better val AP (0 = off; needs TestParam.eval_every)
+        early_stop_patience = 0
 
         class schedule:
             type = "cosine"          # cosine | step
@@ -135,6 +137,9 @@ def make_config(is_train, overrides=None):
             init_lr_ratio = 0.1      # warmup starts at 0.1 x lr, as automl
 
     class TestParam:
+        # detection_train.py: COCO AP on DatasetParam.val_roidb every N epochs and after the last
+        # one, with the evaluation weights (EMA); best epoch kept as <name>-best.params (0 = off)
+        eval_every = 0
         score_thresh = 0.0
         topk_candidates = 5000
         nms_type = "hard"            # hard | soft

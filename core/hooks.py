@@ -36,15 +36,19 @@ class RunState:
     batch_in_epoch (loader batches of this epoch done, including those a resume skipped).
     losses: the last step's loss values, or None when the step was skipped (fp16 overflow).
     stop_reason / exit_code: set by request_stop.
+    hook_state: {hook name: json-able dict} that hooks keep across a resume: every checkpoint
+    stores it (manifest extra "hooks") and a resumed run starts with the checkpoint's.
+    tensorboard: rank 0's tensorboardX SummaryWriter while the TensorBoard hook has it open, else None.
     """
 
     def __init__(self, cfg, mod, step, loader, exp_dir, rank=0, num_workers=1, ema=None, epoch=0,
-                 num_update=0, batch_in_epoch=0, images_per_step=1, accumulate=1):
+                 num_update=0, batch_in_epoch=0, images_per_step=1, accumulate=1, hook_state=None):
         self.cfg, self.mod, self.step, self.loader, self.ema = cfg, mod, step, loader, ema
         self.accumulate = accumulate
         self.exp_dir, self.rank, self.num_workers, self.images_per_step = exp_dir, rank, num_workers, images_per_step
         self.epoch, self.num_update, self.batch_in_epoch = epoch, num_update, batch_in_epoch
         self.losses, self.stop_reason, self.exit_code = None, None, 0
+        self.hook_state, self.tensorboard = dict(hook_state or {}), None
 
     @property
     def batches_per_epoch(self):
@@ -62,6 +66,13 @@ class RunState:
     @property
     def loss_names(self):
         return [n.replace("_output", "") for n in self.mod.output_names]
+
+    def add_scalars(self, group, values):
+        """TensorBoard scalars `group/name` at the current iteration (rank 0 with the TensorBoard
+        hook; a no-op otherwise)."""
+        if self.tensorboard is not None:
+            for name, value in values.items():
+                self.tensorboard.add_scalar("%s/%s" % (group, name), value, self.num_update)
 
     def request_stop(self, reason, exit_code=0):
         """End the run after the hooks of the current step or epoch; the first request wins."""
@@ -182,7 +193,9 @@ class MetricsLogger(HookBase):
         terms = dict(zip(run.loss_names, (float(v) for v in mean)))
         self.bar.set_postfix(dict(terms, img_s="%.2f" % speed))
         if self.metrics is not None:   # rank 0's losses; speed counts all workers' images
-            self.metrics.write(run.epoch, run.num_update, run.mod._optimizer.learning_rate, terms, speed)
+            lr = run.mod._optimizer.learning_rate
+            self.metrics.write(run.epoch, run.num_update, lr, terms, speed)
+            run.add_scalars("train", dict(terms, lr=lr, images_per_s=speed))
         self.window, self.tick = [], time.time()
 
     def after_epoch(self, run):
@@ -194,6 +207,23 @@ class MetricsLogger(HookBase):
         self.metrics.close()
         if run.exit_code == 0:
             plot_loss_curve(os.path.join(run.exp_dir, "metrics.csv"), os.path.join(run.exp_dir, "loss_curve.png"))
+
+
+class TensorBoard(HookBase):
+    """Rank 0 opens a tensorboardX writer on <exp_dir>/tensorboard for the others to write through
+    (run.add_scalars: the train losses, lr and speed of every metrics row, the val AP), x = the
+    iteration. A resumed run purges the events past its start, which it repeats. Goes first."""
+
+    def before_train(self, run):
+        if run.rank == 0:
+            from tensorboardX import SummaryWriter   # only rank 0 needs it
+            run.tensorboard = SummaryWriter(os.path.join(run.exp_dir, "tensorboard"),
+                                            purge_step=run.num_update or None)
+
+    def after_train(self, run):
+        if run.tensorboard is not None:
+            run.tensorboard.close()
+            run.tensorboard = None
 
 
 class Checkpointer(HookBase):
@@ -215,7 +245,8 @@ class Checkpointer(HookBase):
                             run.ema.state_dict() if run.ema else None,
                             extra={"batch_in_epoch": batch_in_epoch, "loss_scale": run.step.loss_scale,
                                    "iters_per_epoch": run.batches_per_epoch, "accumulate": run.accumulate,
-                                   "devices": len(run.mod._context)},
+                                   "devices": len(run.mod._context),
+                                   "hooks": run.hook_state},
                             epoch_prefix=os.path.join(run.exp_dir, g.name) if epoch_end else None,
                             keep_last=g.keep_last, class_names=self.class_names)
         guarded("saving the checkpoint of epoch %d iteration %d" % (epoch, run.num_update), run.exp_dir, write)

@@ -19,7 +19,7 @@ from utils.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoin
 from utils.config import load_config
 
 TINY = ["DatasetParam.image_size=(128, 128)", "NeckParam.repeats=1", "HeadParam.repeats=1",
-        "DatasetParam.num_workers=1", "General.log_frequency=1", "OptimizeParam.ema_decay=0"]
+        "DatasetParam.num_workers=1", "General.log_frequency=1", "OptimizeParam.ema_decay=0", "TestParam.eval_every=0"]
 CONFIG = os.path.join(REPO, "config", "quickstart.py")
 
 

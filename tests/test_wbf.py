@@ -74,7 +74,7 @@ def test_flipped_view_of_an_image_is_the_plain_view_of_its_mirror(tmp_path):
     plain-view detections of mirror(A) mirrored back: transform geometry and unflip agree."""
     import mxnet as mx
     from core.loader import DetectionLoader
-    from detection_test import bind_model, detect
+    from core.validation import EvalGraph, detect
     from models.efficientdet.builder import get_raw_symbol
     from models.efficientdet.postprocess import match_detections
 
@@ -95,7 +95,7 @@ def test_flipped_view_of_an_image_is_the_plain_view_of_its_mirror(tmp_path):
     mx.random.seed(0)
     raw.init_params(mx.init.Xavier())
     arg, aux = raw.get_params()
-    mod = bind_model(cfg, arg, aux, [mx.cpu()], 2, "random")
+    mod = EvalGraph(cfg, [mx.cpu()]).bind(arg, aux, "random")
     plain = detect(mod, DetectionLoader(records, t_plain, None, 2))
     flipped = detect(mod, DetectionLoader(records, t_flip, None, 2), flip=True)
     assert (plain[1][:, 4] >= 0).sum() == 20

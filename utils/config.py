@@ -169,6 +169,8 @@ LIMITS = [
     ("OptimizeParam.wd", number_range(0)),
     ("OptimizeParam.ema_decay", number_range(0, 1, open_hi=True)),
     ("OptimizeParam.clip_gradient", number_range(0)),
+    ("OptimizeParam.early_stop_patience", _int_at_least(0)),
+    ("TestParam.eval_every", _int_at_least(0)),
     ("TestParam.score_thresh", number_range(0, 1)),
     ("TestParam.nms_thresh", number_range(0, 1)),
     ("TestParam.max_det", _int_at_least(1)),
@@ -186,11 +188,15 @@ def check_value(name, value, test, allowed):
 
 
 def validate(cfg):
-    """Check every LIMITS field the config has (a custom config may lack some)."""
+    """Check every LIMITS field the config has (a custom config may lack some), and that early
+    stopping has a validation to watch."""
     fields = dict(cfg.fields())
     for name, (test, allowed) in LIMITS:
         if name in fields:
             check_value(name, fields[name], test, allowed)
+    if fields.get("OptimizeParam.early_stop_patience") and not fields.get("TestParam.eval_every"):
+        raise UserError("OptimizeParam.early_stop_patience=%r needs validation: set TestParam.eval_every > 0 "
+                        "(and DatasetParam.val_roidb)" % fields["OptimizeParam.early_stop_patience"])
     return cfg
 
 

@@ -1,4 +1,5 @@
-"""Training logs: one text log (file + console), a metrics CSV, and a loss-curve plot."""
+"""Training logs: one text log (file + console), the metrics CSVs (training steps; validation) and
+their plots."""
 import csv
 import logging
 import math
@@ -12,6 +13,9 @@ from utils.fileio import atomic_write
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _FIXED_HEAD = ["epoch", "iter", "lr"]
 _FIXED_TAIL = ["images_per_s", "wall_time"]
+# val_metrics.csv: epochs done, iteration, COCO numbers (core.evaluate.STAT_NAMES), evaluation time
+VAL_STATS = ["AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR100"]
+VAL_COLUMNS = ["epoch", "iter"] + VAL_STATS + ["seconds", "wall_time"]
 
 
 def setup_logger(log_path, level=logging.INFO):
@@ -34,7 +38,18 @@ def setup_logger(log_path, level=logging.INFO):
     return root
 
 
-class MetricsWriter:
+class _CsvLog:
+    def close(self):
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class MetricsWriter(_CsvLog):
     """Append one CSV row per logged step: epoch, iter, lr, <loss terms>, images_per_s, wall_time.
 
     Each row is flushed. An existing file (a resumed run) is appended to and keeps its header;
@@ -46,20 +61,7 @@ class MetricsWriter:
 
     def __init__(self, csv_path, keep_until=None):
         self.path = csv_path
-        self.columns = None
-        os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
-        if os.path.isfile(csv_path) and os.path.getsize(csv_path) > 0:
-            with open(csv_path, "rb") as f:
-                lines = f.read().split(b"\n")[:-1]       # the last piece: "" or a cut line
-            if keep_until is not None:
-                lines = lines[:1] + [l for l in lines[1:] if _iteration(l) <= keep_until]
-
-            def write(tmp):
-                with open(tmp, "wb") as f:
-                    f.writelines(l + b"\n" for l in lines)
-            atomic_write(csv_path, write)
-            with open(csv_path, newline="") as f:
-                self.columns = next(csv.reader(f), None)
+        self.columns = _reopen(csv_path, keep_until)
         self._file = open(csv_path, "a", newline="")
         self._writer = csv.writer(self._file)
 
@@ -76,14 +78,47 @@ class MetricsWriter:
         self._writer.writerow(row + ["%.2f" % images_per_s, "%.3f" % wall_time])
         self._file.flush()
 
-    def close(self):
-        self._file.close()
 
-    def __enter__(self):
-        return self
+class ValMetricsWriter(_CsvLog):
+    """val_metrics.csv, one row per evaluation during training: VAL_COLUMNS. The training steps'
+    metrics.csv keeps its own columns: rows of two kinds in one file would leave half of every row
+    empty and break its readers. A resumed run appends as MetricsWriter does (`keep_until`); a file
+    with other columns is a UserError."""
 
-    def __exit__(self, *exc):
-        self.close()
+    def __init__(self, csv_path, keep_until=None):
+        columns = _reopen(csv_path, keep_until)
+        if columns is not None and columns != VAL_COLUMNS:
+            raise UserError("%s has the columns %s, expected %s" % (csv_path, columns, VAL_COLUMNS))
+        self._file = open(csv_path, "a", newline="")
+        self._writer = csv.writer(self._file)
+        if columns is None:
+            self._writer.writerow(VAL_COLUMNS)
+
+    def write(self, epoch, iteration, stats, seconds, wall_time=None):
+        """Append a row: `stats` maps VAL_STATS names (and more) to floats."""
+        wall_time = time.time() if wall_time is None else wall_time
+        self._writer.writerow([epoch, iteration] + ["%.6g" % stats[k] for k in VAL_STATS] +
+                              ["%.2f" % seconds, "%.3f" % wall_time])
+        self._file.flush()
+
+
+def _reopen(csv_path, keep_until):
+    """Prepare `csv_path` for appending: cut a partial last line (a crash) and, with `keep_until`,
+    the rows of later iterations (column 2). Returns the existing header's columns, or None."""
+    os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
+    if not (os.path.isfile(csv_path) and os.path.getsize(csv_path) > 0):
+        return None
+    with open(csv_path, "rb") as f:
+        lines = f.read().split(b"\n")[:-1]       # the last piece: "" or a cut line
+    if keep_until is not None:
+        lines = lines[:1] + [l for l in lines[1:] if _iteration(l) <= keep_until]
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.writelines(l + b"\n" for l in lines)
+    atomic_write(csv_path, write)
+    with open(csv_path, newline="") as f:
+        return next(csv.reader(f), None)
 
 
 def _iteration(line):
@@ -132,4 +167,31 @@ def plot_loss_curve(csv_path, png_path):
     ax.legend(lines, [l.get_label() for l in lines], loc="upper right", fontsize="small")
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
+    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def plot_val_curve(csv_path, png_path):
+    """Plot AP, AP50 and AP75 of val_metrics.csv against the epoch, the best AP marked, to
+    `png_path` (Agg). A resumed run's repeated epochs: the later row wins."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    with open(csv_path, newline="") as f:
+        by_epoch = {int(r["epoch"]): r for r in csv.DictReader(f) if r.get("wall_time")}
+    if not by_epoch:
+        raise UserError("no validation rows in %s to plot" % csv_path)
+    epochs = sorted(by_epoch)
+    fig = Figure(figsize=(7, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for name in ("AP", "AP50", "AP75"):
+        ax.plot(epochs, [float(by_epoch[e][name]) for e in epochs], marker="o", linewidth=1, label="val " + name)
+    best = max(epochs, key=lambda e: (float(by_epoch[e]["AP"]), -e))     # the first epoch of the best AP
+    ax.plot([best], [float(by_epoch[best]["AP"])], marker="*", markersize=14, color="k", linestyle="none",
+            label="best AP %.3f (epoch %d)" % (float(by_epoch[best]["AP"]), best))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("COCO AP")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
     atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png"))
