@@ -23,7 +23,7 @@ from core.optimizer import attach_optimizer, optimizer_states, restore_optimizer
 from core.roidb import load_config_roidb
 from core.targets import make_target_fn
 from core.train_step import TrainStep
-from core.transforms import build_transform
+from core.pipeline import build_transform
 from models.efficientdet.builder import get_train_symbol
 from utils.config import load_config
 from utils.errors import UserError

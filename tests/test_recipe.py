@@ -3,7 +3,7 @@ keeping any box with area left, no colour jitter, warmup from 0.1 x lr."""
 import numpy as np
 import pytest
 
-from core.transforms import build_transform
+from core.pipeline import build_transform
 from utils.config import load_config
 
 
