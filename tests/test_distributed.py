@@ -19,9 +19,11 @@ import pytest
 from conftest import REPO, run_script
 from core.dataset import save_roidb
 from core.optimizer import initializer
+from core.roidb import load_roidb
+from core.validation import Validator
 from core.targets import make_target_fn
 from models.efficientdet.builder import get_train_symbol
-from utils.checkpoint import latest_checkpoint, list_checkpoints
+from utils.checkpoint import latest_checkpoint, list_checkpoints, load_weights
 from utils.config import load_config
 
 LAUNCH = os.path.join(REPO, "scripts", "launch.py")
@@ -188,12 +190,16 @@ def test_two_workers_batch_2_equal_one_worker_batch_4(tmp_path):
 
 
 def test_training_with_launcher_rank0_outputs_and_resume(tmp_path):
-    """launch.py -n 2 -s 1 trains quickstart to completion; only rank 0 writes; --resume continues."""
+    """launch.py -n 2 -s 1 trains quickstart to completion; only rank 0 writes; --resume continues.
+    With validation every epoch: the ranks share the 3 val images unevenly (2 + 1 and a padded
+    slot), and the gathered AP is the one evaluating rank 0's saved weights in one process gives."""
     roidb = _dataset(str(tmp_path / "data"), 8)
+    val = _dataset(str(tmp_path / "val"), 3)
     name = "test_dist_resume_%d" % os.getpid()
     sets = ["DatasetParam.image_size=(%d, %d)" % (SIZE, SIZE), "NeckParam.repeats=1", "HeadParam.repeats=1",
             "DatasetParam.num_workers=1", "General.log_frequency=1", "General.batch_image=2",
-            "General.checkpoint_iters=1", "DatasetParam.train_roidb=" + roidb, "General.name=" + name]
+            "General.checkpoint_iters=1", "DatasetParam.train_roidb=" + roidb, "General.name=" + name,
+            "DatasetParam.val_roidb=" + val, "TestParam.eval_every=1"]
     try:
         res = _run(_launch(2, _train(sets + ["OptimizeParam.schedule.end_epoch=1"])), timeout=300, cwd=tmp_path)
         assert res.returncode == 0, res.stdout[-3000:]
@@ -205,6 +211,13 @@ def test_training_with_launcher_rank0_outputs_and_resume(tmp_path):
         assert [m["iteration"] for m in list_checkpoints(_exp(tmp_path, name))] == [1, 2]
         assert os.path.isfile(os.path.join(_exp(tmp_path, name), name + "-0001.params"))
         assert os.path.isfile(os.path.join(_exp(tmp_path, name), "loss_curve.png"))
+        val_rows = open(os.path.join(_exp(tmp_path, name), "val_metrics.csv")).read().splitlines()
+        assert len(val_rows) == 2 and val_rows[1].startswith("1,2,")
+        cfg = load_config("config/quickstart.py", sets, is_train=True)
+        val_roidb, categories = load_roidb(val)
+        arg, aux, _ = load_weights(os.path.join(_exp(tmp_path, name), name + "-0001.params"))
+        alone = Validator(cfg, val_roidb, categories, [mx.cpu()])(arg, aux)["stats"]["AP"]
+        assert float(val_rows[1].split(",")[2]) == pytest.approx(alone, abs=1e-5)
 
         res = _run(_launch(2, _train(sets + ["OptimizeParam.schedule.end_epoch=2"], resume=True)), timeout=300,
                    cwd=tmp_path)
@@ -213,6 +226,9 @@ def test_training_with_launcher_rank0_outputs_and_resume(tmp_path):
         assert latest_checkpoint(_exp(tmp_path, name))["iteration"] == 4
         rows = open(os.path.join(_exp(tmp_path, name), "metrics.csv")).read().splitlines()[1:]
         assert [int(r.split(",")[1]) for r in rows] == [1, 2, 3, 4]
+        val_rows = open(os.path.join(_exp(tmp_path, name), "val_metrics.csv")).read().splitlines()
+        assert [r.split(",")[:2] for r in val_rows[1:]] == [["1", "2"], ["2", "4"]]
+        assert os.path.isfile(os.path.join(_exp(tmp_path, name), name + "-best.params"))
     finally:
         subprocess.run(["rm", "-rf", _exp(tmp_path, name)])
 
