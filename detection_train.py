@@ -27,7 +27,6 @@ import mxnet as mx
 import numpy as np
 
 from core.dataset import load_config_roidb
-from core.roidb import check_class_names
 from core.devices import contexts
 from core.hooks import (Checkpointer, EMAUpdate, InterruptHook, MetricsLogger, NonFiniteCheck, RunState, TensorBoard,
                         train_loop)
@@ -180,8 +179,11 @@ def val_roidb(cfg, train_categories):
         raise UserError("TestParam.eval_every=%d evaluates on DatasetParam.val_roidb, which is not set: set it (a "
                         "roidb cache from scripts/create_roidb.py) or TestParam.eval_every=0" % cfg.TestParam.eval_every)
     roidb, categories = load_config_roidb(cfg, "val")
-    check_class_names([c["name"] for c in train_categories], [c["name"] for c in categories],
-                      "the training roidb " + cfg.DatasetParam.train_roidb, cfg.DatasetParam.val_roidb)
+    names, train_names = [c["name"] for c in categories], [c["name"] for c in train_categories]
+    if names != train_names:
+        raise UserError("DatasetParam.val_roidb %s has the classes %s but the training roidb %s has %s: the class "
+                        "indices would not match" % (cfg.DatasetParam.val_roidb, names, cfg.DatasetParam.train_roidb,
+                                                     train_names))
     return roidb, categories
 
 

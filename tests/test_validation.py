@@ -14,7 +14,7 @@ from conftest import REPO, run_script
 from core.dataset import load_coco, save_roidb
 from core.roidb import load_roidb
 from core.synthetic import make_synthetic
-from core.validation import EvalGraph, Validator, detect, _loader
+from core.validation import EvalGraph, Validator, detect, eval_loader
 from models.efficientdet.builder import get_raw_symbol
 from utils.checkpoint import latest_checkpoint, load_weights
 from utils.config import load_config
@@ -129,7 +129,7 @@ def test_every_evaluation_binds_the_new_weights(tmp_path):
     first, second = _random_params(cfg, 1), _random_params(cfg, 2)
     a, b = validator.detect(*first), validator.detect(*second)
     graph = EvalGraph(cfg, [mx.cpu()])
-    fresh = detect(graph.bind(*second, "second"), _loader(cfg, roidb, graph.batch_size))
+    fresh = detect(graph.bind(*second, "second"), eval_loader(cfg, roidb, graph.batch_size))
     assert sorted(b) == sorted(fresh) == sorted(r["image_id"] for r in roidb)
     for i in fresh:
         np.testing.assert_allclose(b[i], fresh[i], rtol=1e-5, atol=1e-4)
@@ -149,8 +149,9 @@ def test_bad_settings_are_one_line(sets, message):
         load_config(CONFIG, sets)
 
 
-def test_missing_or_empty_val_roidb_fails_at_start(tmp_path):
-    """One line before any training: no val roidb set (the whole CLI), or one with no images."""
+def test_bad_val_roidb_fails_at_start(tmp_path):
+    """One line before any training: no val roidb set (the whole CLI), one with no images, or one
+    whose classes are not the training roidb's."""
     import detection_train
     train, _ = _data(tmp_path)
     base = TINY + ["DatasetParam.train_roidb=" + train, "General.name=bad", "TestParam.eval_every=2"]
@@ -165,3 +166,7 @@ def test_missing_or_empty_val_roidb_fails_at_start(tmp_path):
     save_roidb(empty, [], categories, "coco")
     with pytest.raises(UserError, match="the roidb %s has 0 images" % empty):
         detection_train.val_roidb(load_config(CONFIG, base + ["DatasetParam.val_roidb=" + empty]), categories)
+    renamed = str(tmp_path / "renamed_roidb.json")
+    save_roidb(renamed, roidb, [dict(c, name=c["name"] + "_x") for c in categories], "coco")
+    with pytest.raises(UserError, match="DatasetParam.val_roidb %s has the classes .* but the training roidb" % renamed):
+        detection_train.val_roidb(load_config(CONFIG, base + ["DatasetParam.val_roidb=" + renamed]), categories)
