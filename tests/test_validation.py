@@ -170,3 +170,22 @@ def test_bad_val_roidb_fails_at_start(tmp_path):
     save_roidb(renamed, roidb, [dict(c, name=c["name"] + "_x") for c in categories], "coco")
     with pytest.raises(UserError, match="DatasetParam.val_roidb %s has the classes .* but the training roidb" % renamed):
         detection_train.val_roidb(load_config(CONFIG, base + ["DatasetParam.val_roidb=" + renamed]), categories)
+
+
+def test_val_metrics_resume_and_foreign_file(tmp_path):
+    """A resumed run drops the rows past its checkpoint and a cut last line; other columns are refused."""
+    from utils.logger import VAL_COLUMNS, ValMetricsWriter
+    path = str(tmp_path / "val_metrics.csv")
+    stats = {k: 0.5 for k in VAL_COLUMNS[2:-2]}
+    with ValMetricsWriter(path) as w:
+        for epoch in (1, 2, 3):
+            w.write(epoch, 10 * epoch, stats, 1.0)
+    with open(path, "a") as f:
+        f.write("4,40,0.5")                                   # a crash mid-row
+    with ValMetricsWriter(path, keep_until=20) as w:
+        w.write(3, 30, dict(stats, AP=0.75), 1.0)
+    rows = _rows(path)
+    assert [(r["epoch"], r["AP"]) for r in rows] == [("1", "0.5"), ("2", "0.5"), ("3", "0.75")]
+    (tmp_path / "other.csv").write_text("epoch,iter,lr\n1,1,0.1\n")
+    with pytest.raises(UserError, match="other.csv has the columns"):
+        ValMetricsWriter(str(tmp_path / "other.csv"))
