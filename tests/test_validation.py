@@ -69,7 +69,7 @@ def test_best_checkpoint_and_early_stop_across_resume(tmp_path):
     """lr 0 and frozen BN: the weights never change, so the val AP cannot improve after epoch 1.
     Run 1 (1 epoch) writes the val row, the best files and the curve; the resumed run (patience 2)
     evaluates epochs 2 and 3, keeps epoch 1 as the best and stops after epoch 3, counting from the
-    first run's best; a third start sees the stop and trains nothing."""
+    first run's best."""
     train, val = _data(tmp_path)
     name = "val_run"
     exp = tmp_path / "experiments" / name
@@ -103,10 +103,6 @@ def test_best_checkpoint_and_early_stop_across_resume(tmp_path):
     assert [r["epoch"] for r in rows] == ["1", "2", "3"] and len({r["AP"] for r in rows}) == 1
     assert json.loads((exp / (name + "-best.json")).read_text())["epoch"] == 1
     assert _sha(exp / (name + "-best.params")) == best_sha
-
-    res = run_script(_args(sets + ["OptimizeParam.schedule.end_epoch=6"], resume=True), timeout=300, cwd=tmp_path)
-    assert res.returncode == 0 and "early stop after epoch 3" in res.stderr, res.stderr[-2000:]
-    assert latest_checkpoint(str(exp))["epoch"] == 3 and len(_rows(exp / "val_metrics.csv")) == 3
 
 
 def _random_params(cfg, seed):
