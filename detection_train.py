@@ -4,11 +4,14 @@
   python detection_train.py --config config/quickstart.py [--set Class.field=value ...] [--resume]
 
 Checkpoints go to experiments/<General.name>/ after every epoch (and every
-General.checkpoint_iters iterations); --resume continues from the newest complete one.
+General.checkpoint_iters iterations); --resume continues from the newest complete one. With
+TestParam.eval_every > 0 the weights are evaluated on DatasetParam.val_roidb during training
+(core/validation_hook.py): val_metrics.csv, val_curve.png, <name>-best.params and early stopping
+(OptimizeParam.early_stop_patience).
 
 Several machines: scripts/launch.py starts this script as dist_sync workers (docs/distributed.md).
-Each worker trains on its shard of the data; rank 0 alone writes checkpoints, metrics.csv,
-loss_curve.png and train.log.
+Each worker trains (and validates) on its shard of the data; rank 0 alone writes checkpoints,
+metrics.csv, loss_curve.png, the validation outputs, TensorBoard events and train.log.
 """
 import argparse
 import logging
@@ -179,8 +182,11 @@ def val_roidb(cfg, train_categories):
         raise UserError("TestParam.eval_every=%d evaluates on DatasetParam.val_roidb, which is not set: set it (a "
                         "roidb cache from scripts/create_roidb.py) or TestParam.eval_every=0" % cfg.TestParam.eval_every)
     roidb, categories = load_config_roidb(cfg, "val")
-    check_class_names([c["name"] for c in train_categories], [c["name"] for c in categories],
-                      "the training roidb " + cfg.DatasetParam.train_roidb, cfg.DatasetParam.val_roidb)
+    names, train_names = [c["name"] for c in categories], [c["name"] for c in train_categories]
+    if names != train_names:
+        raise UserError("DatasetParam.val_roidb %s has the classes %s but the training roidb %s has %s: the class "
+                        "indices would not match" % (cfg.DatasetParam.val_roidb, names, cfg.DatasetParam.train_roidb,
+                                                     train_names))
     return roidb, categories
 
 

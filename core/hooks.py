@@ -212,13 +212,14 @@ class MetricsLogger(HookBase):
 class TensorBoard(HookBase):
     """Rank 0 opens a tensorboardX writer on <exp_dir>/tensorboard for the others to write through
     (run.add_scalars: the train losses, lr and speed of every metrics row, the val AP), x = the
-    iteration. A resumed run purges the events past its start, which it repeats. Goes first."""
+    iteration. A resumed run purges the events past its checkpoint's iteration, which it repeats.
+    Goes first."""
 
     def before_train(self, run):
         if run.rank == 0:
             from tensorboardX import SummaryWriter   # only rank 0 needs it
             run.tensorboard = SummaryWriter(os.path.join(run.exp_dir, "tensorboard"),
-                                            purge_step=run.num_update or None)
+                                            purge_step=run.num_update + 1 if run.num_update else None)
 
     def after_train(self, run):
         if run.tensorboard is not None:

@@ -57,7 +57,8 @@ def detect(mod, loader, flip=False):
     return detections
 
 
-def _loader(cfg, roidb, batch_size, flip=False, rank=0, num_ranks=1):
+def eval_loader(cfg, roidb, batch_size, flip=False, rank=0, num_ranks=1):
+    """DetectionLoader of the eval transform (mirrored with `flip`), in roidb order, this rank's shard."""
     d = cfg.DatasetParam
     return DetectionLoader(roidb, eval_transform(cfg, flip), None, batch_size, num_workers=d.num_workers,
                            prefetch=d.prefetch, rank=rank, num_ranks=num_ranks)
@@ -74,7 +75,7 @@ def detect_views(cfg, roidb, arg, aux, ctx, path):
         graph = EvalGraph(view_cfg, ctx)
         mod = graph.bind(arg, aux, path)
         for flip in flips:
-            loader = _loader(view_cfg, roidb, graph.batch_size, flip)
+            loader = eval_loader(view_cfg, roidb, graph.batch_size, flip)
             start = time.time()
             per_view.append(detect(mod, loader, flip))
             seconds += time.time() - start
@@ -145,7 +146,7 @@ class Validator:
         if self.kv is not None:
             arg, aux = self._broadcast(arg, aux)
         mod = self.graph.bind(arg, aux, "the weights being trained")
-        loader = _loader(self.cfg, self.roidb, self.graph.batch_size, rank=self.rank, num_ranks=self.num_ranks)
+        loader = eval_loader(self.cfg, self.roidb, self.graph.batch_size, rank=self.rank, num_ranks=self.num_ranks)
         try:
             detections = detect(mod, loader)
         finally:

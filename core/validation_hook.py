@@ -112,7 +112,7 @@ class Validation(HookBase):
         if not improved:
             return
         if self.on_disk is not None and self.on_disk["AP"] >= stats["AP"]:
-            logger.info("kept %s: its AP %.4f (epoch %d, written before the resumed checkpoint) is higher",
+            logger.info("kept %s: its AP %.4f (epoch %d, left by the run before this resume) is higher",
                         self._paths(run)[0], self.on_disk["AP"], self.on_disk["epoch"])
             return
         params_path, json_path = self._paths(run)
@@ -131,7 +131,8 @@ class Validation(HookBase):
         self.csv.close()
         best = run.hook_state["validation"]["best"]
         if best is not None:
-            logger.info("best val AP %.4f at epoch %d: %s", best["AP"], best["epoch"], self._paths(run)[0])
+            shown = self.on_disk if self.on_disk is not None and self.on_disk["AP"] > best["AP"] else best
+            logger.info("best val AP %.4f at epoch %d: %s", shown["AP"], shown["epoch"], self._paths(run)[0])
             if run.exit_code == 0:
                 plot_val_curve(os.path.join(run.exp_dir, "val_metrics.csv"),
                                os.path.join(run.exp_dir, "val_curve.png"))

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""The quickstart job: synthetic dataset -> train -> COCO evaluation -> a PNG of detections.
+"""The quickstart job: synthetic dataset -> train (validated every epoch) -> COCO evaluation -> a PNG
+of detections.
 
   python scripts/quickstart.py [--config config/quickstart.py] [--num-images 700] [--set ...]
 
@@ -80,6 +81,12 @@ def main():
                os.path.join(exp_dir, "val_detections.png"))
     print("\nquickstart done in %.1f min: mAP@[.5:.95] %.3f, mAP@.5 %.3f; detections drawn in %s"
           % ((time.time() - start) / 60.0, report["stats"]["AP"], report["stats"]["AP50"], png))
+    best = os.path.join(exp_dir, "%s-best.json" % cfg.General.name)
+    if os.path.isfile(best):     # TestParam.eval_every > 0: validated during training
+        best = json.load(open(best))
+        print("val AP per epoch in %s and %s; best AP %.3f after epoch %d: %s"
+              % (os.path.join(exp_dir, "val_metrics.csv"), os.path.join(exp_dir, "val_curve.png"), best["AP"],
+                 best["epoch"], os.path.join(exp_dir, best["params"])))
     return 0
 
 

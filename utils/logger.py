@@ -175,6 +175,7 @@ def plot_val_curve(csv_path, png_path):
     `png_path` (Agg). A resumed run's repeated epochs: the later row wins."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     with open(csv_path, newline="") as f:
         by_epoch = {int(r["epoch"]): r for r in csv.DictReader(f) if r.get("wall_time")}
@@ -190,8 +191,9 @@ def plot_val_curve(csv_path, png_path):
     ax.plot([best], [float(by_epoch[best]["AP"])], marker="*", markersize=14, color="k", linestyle="none",
             label="best AP %.3f (epoch %d)" % (float(by_epoch[best]["AP"]), best))
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("COCO AP")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
     atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png"))
