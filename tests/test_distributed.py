@@ -18,10 +18,12 @@ import pytest
 
 from conftest import REPO, run_script, varied_roidb, weight_difference
 from core.optimizer import initializer
+from core.roidb import load_roidb
 from core.targets import make_target_fn
+from core.validation import Validator
 from models.efficientdet.builder import get_train_symbol, train_data_shapes
 from test_multi_device import FROZEN_BN, RECIPE
-from utils.checkpoint import latest_checkpoint, list_checkpoints
+from utils.checkpoint import latest_checkpoint, list_checkpoints, load_weights
 from utils.config import load_config
 
 LAUNCH = os.path.join(REPO, "scripts", "launch.py")
@@ -34,7 +36,9 @@ ENV = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
 
 
 def _train(sets, resume=False):
-    args = ["detection_train.py", "--config", "config/quickstart.py"] + [a for s in sets for a in ("--set", s)]
+    """detection_train.py arguments; every path is absolute, as the runs' cwd is tmp_path."""
+    args = [os.path.join(REPO, "detection_train.py"), "--config", os.path.join(REPO, "config", "quickstart.py")] + \
+        [a for s in sets for a in ("--set", s)]
     return args + (["--resume"] if resume else [])
 
 
@@ -43,14 +47,15 @@ def _launch(workers, train_args, extra=()):
         ["--", sys.executable] + train_args
 
 
-def _exp(name):
-    return os.path.join(REPO, "experiments", name)
+def _exp(tmp_path, name):
+    """The run's folder: training runs with cwd = tmp_path, so experiments/ lands there."""
+    return os.path.join(str(tmp_path), "experiments", name)
 
 
-def _run(argv, timeout):
-    """subprocess.run, except that a launcher that overruns gets SIGTERM, so it stops its processes
-    (SIGKILL would orphan them: they run in their own sessions)."""
-    proc = subprocess.Popen(argv, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _run(argv, timeout, cwd):
+    """subprocess.run in `cwd`, except that a launcher that overruns gets SIGTERM, so it stops its
+    processes (SIGKILL would orphan them: they run in their own sessions)."""
+    proc = subprocess.Popen(argv, cwd=str(cwd), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -114,15 +119,15 @@ def test_two_workers_two_devices_equal_one_device(tmp_path):
     single, dist = "test_dist_single_%d" % os.getpid(), "test_dist_two_%d" % os.getpid()
     try:
         res = _run([sys.executable] + _train(common + ["General.name=" + single, "General.batch_image=4"]),
-                   timeout=300)
+                   timeout=300, cwd=tmp_path)
         assert res.returncode == 0, res.stderr[-2000:]
         res = _run(_launch(2, _train(common + ["General.name=" + dist, "General.batch_image=1",
-                                               "KvstoreParam.cpu_devices=2"])), timeout=300)
+                                               "KvstoreParam.cpu_devices=2"])), timeout=300, cwd=tmp_path)
         assert res.returncode == 0, res.stdout[-3000:]
         assert "lr: base 0.5 (8 per 64 images x batch 4)" in res.stdout
-        assert latest_checkpoint(_exp(dist))["iteration"] == 3
-        a = mx.nd.load(os.path.join(_exp(single), single + "-0001.params"))
-        b = mx.nd.load(os.path.join(_exp(dist), dist + "-0001.params"))
+        assert latest_checkpoint(_exp(tmp_path, dist))["iteration"] == 3
+        a = mx.nd.load(os.path.join(_exp(tmp_path, single), single + "-0001.params"))
+        b = mx.nd.load(os.path.join(_exp(tmp_path, dist), dist + "-0001.params"))
         for key in a:
             if key.startswith(("aux:", "meta:")) or "_bn_" in key:   # meta: the class names
                 assert np.array_equal(a[key].asnumpy(), b[key].asnumpy()), key   # frozen in both runs
@@ -130,36 +135,51 @@ def test_two_workers_two_devices_equal_one_device(tmp_path):
         worst, relative = weight_difference(weights(a), weights(b), init)
         assert worst <= 1.0 and relative <= 1e-5, (worst, relative)
     finally:
-        subprocess.run(["rm", "-rf", _exp(single), _exp(dist)])
+        subprocess.run(["rm", "-rf", _exp(tmp_path, single), _exp(tmp_path, dist)])
 
 
 def test_training_with_launcher_rank0_outputs_and_resume(tmp_path):
-    """launch.py -n 2 -s 1 trains quickstart to completion; only rank 0 writes; --resume continues."""
+    """launch.py -n 2 -s 1 trains quickstart to completion; only rank 0 writes; --resume continues.
+    With validation every epoch: the ranks share the 3 val images unevenly (2 + 1 and a padded
+    slot), and the gathered AP is the one evaluating rank 0's saved weights in one process gives."""
     roidb = varied_roidb(str(tmp_path / "data"), 8)
+    val = varied_roidb(str(tmp_path / "val"), 3)
     name = "test_dist_resume_%d" % os.getpid()
     sets = ["DatasetParam.image_size=(%d, %d)" % (SIZE, SIZE), "NeckParam.repeats=1", "HeadParam.repeats=1",
             "DatasetParam.num_workers=1", "General.log_frequency=1", "General.batch_image=2",
-            "General.checkpoint_iters=1", "DatasetParam.train_roidb=" + roidb, "General.name=" + name]
+            "General.checkpoint_iters=1", "DatasetParam.train_roidb=" + roidb, "General.name=" + name,
+            "DatasetParam.val_roidb=" + val, "TestParam.eval_every=1"]
     try:
-        res = _run(_launch(2, _train(sets + ["OptimizeParam.schedule.end_epoch=1"])), timeout=300)
+        res = _run(_launch(2, _train(sets + ["OptimizeParam.schedule.end_epoch=1"])), timeout=300, cwd=tmp_path)
         assert res.returncode == 0, res.stdout[-3000:]
         assert re.search(r"^\[worker \d\] .* rank 1 INFO train: training", res.stdout, re.M)  # console only
-        log = open(os.path.join(_exp(name), "train.log")).read()
+        log = open(os.path.join(_exp(tmp_path, name), "train.log")).read()
         assert log.count("INFO train: training") == 1 and "(rank 0)" in log and " rank 1 " not in log
-        rows = open(os.path.join(_exp(name), "metrics.csv")).read().splitlines()[1:]
+        rows = open(os.path.join(_exp(tmp_path, name), "metrics.csv")).read().splitlines()[1:]
         assert [int(r.split(",")[1]) for r in rows] == [1, 2]    # 8 images / (2 x 2): one writer
-        assert [m["iteration"] for m in list_checkpoints(_exp(name))] == [1, 2]
-        assert os.path.isfile(os.path.join(_exp(name), name + "-0001.params"))
-        assert os.path.isfile(os.path.join(_exp(name), "loss_curve.png"))
+        assert [m["iteration"] for m in list_checkpoints(_exp(tmp_path, name))] == [1, 2]
+        assert os.path.isfile(os.path.join(_exp(tmp_path, name), name + "-0001.params"))
+        assert os.path.isfile(os.path.join(_exp(tmp_path, name), "loss_curve.png"))
+        val_rows = open(os.path.join(_exp(tmp_path, name), "val_metrics.csv")).read().splitlines()
+        assert len(val_rows) == 2 and val_rows[1].startswith("1,2,")
+        cfg = load_config(os.path.join(REPO, "config", "quickstart.py"), sets, is_train=True)
+        val_roidb, categories = load_roidb(val)
+        arg, aux, _ = load_weights(os.path.join(_exp(tmp_path, name), name + "-0001.params"))
+        alone = Validator(cfg, val_roidb, categories, [mx.cpu()])(arg, aux)["stats"]["AP"]
+        assert float(val_rows[1].split(",")[2]) == pytest.approx(alone, abs=1e-5)
 
-        res = _run(_launch(2, _train(sets + ["OptimizeParam.schedule.end_epoch=2"], resume=True)), timeout=300)
+        res = _run(_launch(2, _train(sets + ["OptimizeParam.schedule.end_epoch=2"], resume=True)), timeout=300,
+                   cwd=tmp_path)
         assert res.returncode == 0, res.stdout[-3000:]
         assert len(re.findall(r"resuming from epoch 1, iteration 2", res.stdout)) == 2   # every rank
-        assert latest_checkpoint(_exp(name))["iteration"] == 4
-        rows = open(os.path.join(_exp(name), "metrics.csv")).read().splitlines()[1:]
+        assert latest_checkpoint(_exp(tmp_path, name))["iteration"] == 4
+        rows = open(os.path.join(_exp(tmp_path, name), "metrics.csv")).read().splitlines()[1:]
         assert [int(r.split(",")[1]) for r in rows] == [1, 2, 3, 4]
+        val_rows = open(os.path.join(_exp(tmp_path, name), "val_metrics.csv")).read().splitlines()
+        assert [r.split(",")[:2] for r in val_rows[1:]] == [["1", "2"], ["2", "4"]]
+        assert os.path.isfile(os.path.join(_exp(tmp_path, name), name + "-best.params"))
     finally:
-        subprocess.run(["rm", "-rf", _exp(name)])
+        subprocess.run(["rm", "-rf", _exp(tmp_path, name)])
 
 
 def test_killed_worker_stops_the_job(tmp_path):
@@ -172,10 +192,10 @@ def test_killed_worker_stops_the_job(tmp_path):
     out_path = str(tmp_path / "launcher.out")
     try:
         with open(out_path, "w") as out:
-            proc = subprocess.Popen(args, cwd=REPO, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(args, cwd=str(tmp_path), env=ENV, stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline = time.time() + 180
-            metrics = os.path.join(_exp(name), "metrics.csv")
+            metrics = os.path.join(_exp(tmp_path, name), "metrics.csv")
             while time.time() < deadline and proc.poll() is None:
                 if os.path.isfile(metrics) and len(open(metrics).read().splitlines()) > 2:
                     break                                      # two steps done: training runs
@@ -194,7 +214,7 @@ def test_killed_worker_stops_the_job(tmp_path):
         assert code != 0 and "worker 1 was killed by SIGKILL: stopping the others" in text, text[-2000:]
         assert all(_gone(pid) for pid in pids.values())
     finally:
-        subprocess.run(["rm", "-rf", _exp(name)])
+        subprocess.run(["rm", "-rf", _exp(tmp_path, name)])
 
 
 FAIL_FIRST_WORKER = """
@@ -221,13 +241,13 @@ def test_failing_worker_exits_and_stops_the_job(tmp_path):
         "DatasetParam.train_roidb=" + roidb, "General.name=" + name, "General.batch_image=2"]))
     try:
         start = time.time()
-        res = _run(args, timeout=120)
+        res = _run(args, timeout=120, cwd=tmp_path)
         assert res.returncode == 2, res.stdout[-3000:]
         assert "error: roidb cache not found: /nonexistent/roidb.json" in res.stdout
         assert re.search(r"worker \d exited with code 2: stopping the others", res.stdout)
         assert time.time() - start < 60
     finally:
-        subprocess.run(["rm", "-rf", _exp(name)])
+        subprocess.run(["rm", "-rf", _exp(tmp_path, name)])
 
 
 FAKE = """
@@ -255,7 +275,7 @@ def test_launcher_outcomes(tmp_path, mode, code, message):
     script.write_text(FAKE)
     res = subprocess.run([sys.executable, LAUNCH, "-n", "2", "-s", "1", "--port", "9555", "--grace", "2",
                           "--finish-timeout", "1", "--", sys.executable, str(script), mode],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert res.returncode == code, res.stdout
     assert message in res.stdout
     # A failing worker may be stopped before its sibling prints anything: then only the one
@@ -292,7 +312,7 @@ def test_ssh_dry_run_commands(tmp_path):
     res = subprocess.run([sys.executable, LAUNCH, "--launcher", "ssh", "-H", str(hostfile), "-n", "3", "-s", "2",
                           "--workdir", "/data/my repo", "--env", "DMLC_INTERFACE=eth0", "--dry-run", "--",
                           ".venv/bin/python", "detection_train.py", "--set", "General.name=it's mine"],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     lines = dict(line.split(": ", 1) for line in res.stdout.splitlines())
     assert list(lines) == ["scheduler 0", "server 0", "server 1", "worker 0", "worker 1", "worker 2"]
@@ -315,5 +335,5 @@ def test_ssh_dry_run_commands(tmp_path):
 def test_dist_kvstore_without_launcher_is_one_line(tmp_path):
     roidb = varied_roidb(str(tmp_path / "data"), 2)
     res = run_script(_train(TINY + ["DatasetParam.train_roidb=" + roidb, "KvstoreParam.kvstore=dist_sync"]),
-                     timeout=120)
+                     timeout=120, cwd=tmp_path)
     assert res.returncode == 2 and "start training with scripts/launch.py" in res.stderr, res.stderr[-2000:]
