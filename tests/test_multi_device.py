@@ -34,7 +34,7 @@ RECIPE = ["DatasetParam.image_size=(64, 64)", "NeckParam.repeats=1", "HeadParam.
           "DatasetParam.num_workers=1", "OptimizeParam.ema_decay=0", "BackboneParam.drop_connect=0.0",
           "OptimizeParam.optimizer=sgd", "OptimizeParam.momentum=0.9", "OptimizeParam.wd=0.01",
           "OptimizeParam.clip_gradient=0.25", "OptimizeParam.lr_per_64=8.0", "OptimizeParam.warmup.epochs=0.5",
-          "OptimizeParam.schedule.type=step", "OptimizeParam.schedule.end_epoch=1"]
+          "OptimizeParam.schedule.type=step", "OptimizeParam.schedule.end_epoch=1", "TestParam.eval_every=0"]
 FROZEN_BN = ["ModelParam.pretrain.fixed_param=['_bn_']"]
 
 
