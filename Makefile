@@ -26,7 +26,7 @@ $(STAMP): requirements.txt constraints.txt | $(VPY)
 	touch $@
 
 test: venv
-	$(VPY) -m pytest -q --timeout=900 --durations=15 tests
+	$(VPY) -m pytest -q -n 2 --timeout=900 --durations=15 tests
 
 quickstart: venv
 	$(VPY) scripts/quickstart.py
