@@ -50,10 +50,10 @@ def test_onnx_round_trip_matches_mxnet(exported):
 
 @pytest.mark.parametrize("scale", [2, 3])
 def test_floor_nearest_resize_equals_half_pixel(tmp_path, scale):
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper, numpy_helper
-    from utils.onnx_export import floor_nearest_resizes, ort_session
+    from utils.onnx_export import floor_nearest_resizes
     graph = helper.make_graph(
         [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest",
                           coordinate_transformation_mode="half_pixel")], "g",
@@ -62,14 +62,22 @@ def test_floor_nearest_resize_equals_half_pixel(tmp_path, scale):
         [numpy_helper.from_array(np.array([1, 1, scale, scale], np.float32), "scales")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     x = np.random.RandomState(0).normal(size=(1, 2, 5, 7)).astype(np.float32)
+    before, after = _run_before_and_after(model, floor_nearest_resizes, x, tmp_path)
+    np.testing.assert_array_equal(before, after)
+    np.testing.assert_array_equal(after, x.repeat(scale, 2).repeat(scale, 3))
+
+
+def _run_before_and_after(model, rewrite, x, tmp_path):
+    """onnxruntime outputs of `model` on `x`, then again after `rewrite(model)` changed one node."""
+    import onnx
+    from utils.onnx_export import ort_session
     outs = []
-    for rewrite in (False, True):
-        if rewrite:
-            assert floor_nearest_resizes(model) == 1
+    for step in range(2):
+        if step:
+            assert rewrite(model) == 1
         onnx.save(model, str(tmp_path / "m.onnx"))
         outs.append(ort_session(str(tmp_path / "m.onnx")).run(None, {"x": x})[0])
-    np.testing.assert_array_equal(outs[0], outs[1])
-    np.testing.assert_array_equal(outs[1], x.repeat(scale, 2).repeat(scale, 3))
+    return outs
 
 
 def test_export_carries_the_class_names(exported):
@@ -137,10 +145,10 @@ def test_infer_speed_runs_both_backends(exported):
 
 def test_expand_channel_gates_keeps_values(tmp_path):
     """The SE product x * gate(x) gets an upsampled gate; a constant per-channel factor does not."""
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper, numpy_helper
-    from utils.onnx_export import expand_channel_gates, ort_session
+    from utils.onnx_export import expand_channel_gates
     graph = helper.make_graph(
         [helper.make_node("Mul", ["x", "scale"], ["xs"]),
          helper.make_node("GlobalAveragePool", ["xs"], ["pooled"]),
@@ -151,11 +159,6 @@ def test_expand_channel_gates_keeps_values(tmp_path):
         [numpy_helper.from_array(np.array([1.0, 2.0, 3.0], np.float32).reshape(1, 3, 1, 1), "scale")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     x = np.random.RandomState(0).normal(size=(2, 3, 5, 7)).astype(np.float32)
-    outs = []
-    for rewrite in (False, True):
-        if rewrite:
-            assert expand_channel_gates(model) == 1
-            assert [n.op_type for n in model.graph.node].count("Resize") == 1
-        onnx.save(model, str(tmp_path / "m.onnx"))
-        outs.append(ort_session(str(tmp_path / "m.onnx")).run(None, {"x": x})[0])
-    np.testing.assert_array_equal(outs[0], outs[1])
+    before, after = _run_before_and_after(model, expand_channel_gates, x, tmp_path)
+    assert [n.op_type for n in model.graph.node].count("Resize") == 1
+    np.testing.assert_array_equal(before, after)
