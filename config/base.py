@@ -169,6 +169,6 @@ def efficientdet_overrides(variant):
         "NeckParam.max_level": v.max_level,
         "HeadParam.repeats": v.head_repeats,
         "AnchorParam.scale": v.anchor_scale,
-        "BackboneParam.drop_connect": 0.1 if variant == "d0" else 0.2,
+        "BackboneParam.drop_connect": v.drop_path,
         "DatasetParam.image_size": (v.image_size, v.image_size),
     }

@@ -57,11 +57,12 @@ class EfficientDetVariant:
     anchor_scale: float = 4.0
     fusion: str = "fast"        # BiFPN input fusion: fast, softmax or sum
     max_level: int = 7          # pyramid P3..P<max_level>
+    drop_path: float = 0.2      # backbone drop-connect in training (effdet's efficientdet_d* configs)
 
 
 EFFICIENTDET_PARAMS = {
     "d0": EfficientDetVariant(backbone="efficientnet_b0", image_size=512, fpn_width=64, fpn_repeats=3,
-                              head_repeats=3),
+                              head_repeats=3, drop_path=0.1),
     "d1": EfficientDetVariant(backbone="efficientnet_b1", image_size=640, fpn_width=88, fpn_repeats=4,
                               head_repeats=3),
     "d2": EfficientDetVariant(backbone="efficientnet_b2", image_size=768, fpn_width=112, fpn_repeats=5,
