@@ -253,8 +253,10 @@ def test_failing_worker_exits_and_stops_the_job(tmp_path):
 FAKE = """
 import os, sys, time
 role = os.environ["DMLC_ROLE"]
-print(role, *(os.environ[k] for k in ("DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT", "DMLC_NUM_SERVER", "DMLC_NUM_WORKER")),
-      flush=True)
+# One write: the launcher may stop this process mid-line (stdout is unbuffered).
+sys.stdout.write(" ".join([role] + [os.environ[k] for k in ("DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT",
+                                                            "DMLC_NUM_SERVER", "DMLC_NUM_WORKER")]) + "\\n")
+sys.stdout.flush()
 mode = sys.argv[1]
 if mode == "ok" or (mode == "linger" and role == "worker"):
     sys.exit(0)
@@ -278,13 +280,14 @@ def test_launcher_outcomes(tmp_path, mode, code, message):
                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert res.returncode == code, res.stdout
     assert message in res.stdout
-    # A failing worker may be stopped before its sibling prints anything: then only the one
-    # that failed is sure to have spoken.
-    prefixes = ["[worker 0] worker", "[worker 1] worker"]
+    # When a worker fails, the launcher may stop the others before they print: then only the one
+    # that failed is sure to have spoken. Whoever spoke saw the full environment.
+    prefixes = ["[scheduler] scheduler", "[server 0] server", "[worker 0] worker", "[worker 1] worker"]
     if mode == "fail":
-        prefixes = [p for p in prefixes if p in res.stdout][:1] or prefixes[:1]
-    for prefix in ["[scheduler] scheduler", "[server 0] server"] + prefixes:
-        assert prefix + " 127.0.0.1 9555 1 2" in res.stdout
+        assert "[worker 0] worker" in res.stdout or "[worker 1] worker" in res.stdout, res.stdout
+        prefixes = [p for p in prefixes if p in res.stdout]
+    for prefix in prefixes:
+        assert prefix + " 127.0.0.1 9555 1 2" in res.stdout, res.stdout
 
 
 def test_launcher_ctrl_c_stops_everything(tmp_path):
