@@ -22,10 +22,11 @@ and with --analyze (core/error_analysis.py), at IoU 0.5:
 """
 import argparse
 import os
+import sys
 
-from utils.threads import configure_threads
+from utils.threads import configure_threads, cpu_devices_of
 
-configure_threads()  # before mxnet is imported
+configure_threads(devices=cpu_devices_of(sys.argv[1:]))  # before mxnet is imported
 
 from core.roidb import check_class_names, load_config_roidb
 from core.error_analysis import analysis_paths, write_analysis

@@ -19,9 +19,9 @@ import os
 import sys
 import traceback
 
-from utils.threads import configure_threads
+from utils.threads import configure_threads, cpu_devices_of
 
-configure_threads()  # before mxnet is imported
+configure_threads(devices=cpu_devices_of(sys.argv[1:]))  # before mxnet is imported
 
 import mxnet as mx
 import numpy as np

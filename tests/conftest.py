@@ -29,6 +29,11 @@ if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ
     os.environ["OMP_NUM_THREADS"] = str(max(1, physical_cores() // workers))
 
 
+# config/quickstart.py trains on two CPU devices (KvstoreParam.cpu_devices=2) for speed; tests of
+# one device's training pin one (General.batch_image is then the whole batch).
+ONE_DEVICE = "KvstoreParam.cpu_devices=0"
+
+
 def require_reference(name):
     """Path of reference fixture `name`; skips the calling test if the folder or file is absent."""
     if not os.path.isdir(REFERENCE_DIR):

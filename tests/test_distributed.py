@@ -16,7 +16,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from conftest import REPO, run_script, varied_roidb, weight_difference
+from conftest import ONE_DEVICE, REPO, run_script, varied_roidb, weight_difference
 from core.optimizer import initializer
 from core.roidb import load_roidb
 from core.targets import make_target_fn
@@ -30,7 +30,8 @@ LAUNCH = os.path.join(REPO, "scripts", "launch.py")
 SIZE = 64
 # A tiny model for the tests of launching, failing and resuming.
 TINY = ["DatasetParam.image_size=(%d, %d)" % (SIZE, SIZE), "NeckParam.repeats=1", "HeadParam.repeats=1",
-        "DatasetParam.num_workers=1", "General.log_frequency=1", "OptimizeParam.ema_decay=0", "TestParam.eval_every=0"]
+        "DatasetParam.num_workers=1", "General.log_frequency=1", "OptimizeParam.ema_decay=0", "TestParam.eval_every=0",
+        ONE_DEVICE]
 # One BLAS/OpenMP thread per process: 2 workers + a server share the 2 cores of the dev machine.
 ENV = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
 

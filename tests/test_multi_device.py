@@ -15,14 +15,15 @@ import numpy as np
 import pytest
 
 import detection_train
-from conftest import varied_roidb, weight_difference
+from conftest import ONE_DEVICE, varied_roidb, weight_difference
 from core.devices import contexts
 from core.hooks import HookBase, RunState, train_loop
 from core.loader import DetectionLoader
 from core.optimizer import attach_optimizer, optimizer_states, restore_optimizer_states
-from core.roidb import load_config_roidb
+from core.roidb import load_config_roidb, load_roidb
 from core.targets import make_target_fn
 from core.train_step import TrainStep
+from core.validation import Validator
 from core.pipeline import build_transform
 from models.efficientdet.builder import get_train_symbol
 from utils.config import load_config
@@ -34,7 +35,8 @@ RECIPE = ["DatasetParam.image_size=(64, 64)", "NeckParam.repeats=1", "HeadParam.
           "DatasetParam.num_workers=1", "OptimizeParam.ema_decay=0", "BackboneParam.drop_connect=0.0",
           "OptimizeParam.optimizer=sgd", "OptimizeParam.momentum=0.9", "OptimizeParam.wd=0.01",
           "OptimizeParam.clip_gradient=0.25", "OptimizeParam.lr_per_64=8.0", "OptimizeParam.warmup.epochs=0.5",
-          "OptimizeParam.schedule.type=step", "OptimizeParam.schedule.end_epoch=1", "TestParam.eval_every=0"]
+          "OptimizeParam.schedule.type=step", "OptimizeParam.schedule.end_epoch=1", "TestParam.eval_every=0",
+          ONE_DEVICE]
 FROZEN_BN = ["ModelParam.pretrain.fixed_param=['_bn_']"]
 
 
@@ -104,6 +106,23 @@ def test_two_devices_equal_one_device(roidb, one_device, tmp_path):
     assert worst <= 1.0 and relative <= 1e-5, (worst, relative)
     np.testing.assert_allclose(two_norms, norms, rtol=1e-5)
     np.testing.assert_allclose(two_losses, losses, rtol=1e-5)
+
+
+def test_validation_on_two_devices_detects_as_one(roidb, one_device):
+    """The Validator (detection_test.py's graph and loader) on 2 CPU devices x 2 images gives the
+    detections of 1 device x 4: each device's graph is built for, and checked at, its share of the
+    batch. Trained weights from the one-device run; the roidb's 12 images in 3 batches."""
+    _, _, _, _, mod = one_device
+    arg, aux = mod.get_params()
+    records, categories = load_roidb(roidb)
+    found = []
+    for sets in (["General.batch_image=4"], ["General.batch_image=2", "KvstoreParam.cpu_devices=2"]):
+        cfg = load_config("config/quickstart.py", RECIPE + ["DatasetParam.train_roidb=" + roidb] + sets)
+        found.append(Validator(cfg, records, categories, contexts(cfg)).detect(arg, aux))
+    assert sorted(found[0]) == sorted(found[1]) == [r["image_id"] for r in records]
+    assert np.abs(np.stack(list(found[0].values()))).sum() > 0     # not an empty comparison
+    for image_id, det in found[0].items():
+        np.testing.assert_allclose(found[1][image_id], det, rtol=1e-4, atol=1e-4)
 
 
 def test_accumulating_two_batches_equals_one_double_batch(roidb, one_device, tmp_path):

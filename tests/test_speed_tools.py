@@ -1,6 +1,8 @@
 """The speed tools' plumbing (no timing): output parsing, the missing-reference error, profiling."""
 import importlib.util
 import os
+import subprocess
+import sys
 
 from conftest import REPO, run_script
 
@@ -30,3 +32,24 @@ def test_profile_forward_lists_operators():
                       "--set", "HeadParam.repeats=1"])
     assert res.returncode == 0, res.stderr[-2000:]
     assert "_sg_mkldnn_conv" in res.stdout and "total operator time" in res.stdout
+
+
+def test_cpu_devices_share_the_cores():
+    """OpenMP threads per CPU device: the cores split among KvstoreParam.cpu_devices, unless set."""
+    code = ("import sys; from utils.threads import configure_threads, cpu_devices_of, physical_cores; "
+            "configure_threads(devices=cpu_devices_of(sys.argv[1:])); import os; "
+            "print(os.environ['OMP_NUM_THREADS'], physical_cores())")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env["PYTHONPATH"] = REPO
+
+    def threads(args, **extra):
+        out = subprocess.run([sys.executable, "-c", code] + args, cwd=REPO, env=dict(env, **extra),
+                             capture_output=True, text=True, check=True).stdout.split()
+        return int(out[0]), int(out[1])
+
+    got, cores = threads(["--config", "config/quickstart.py"])                 # 2 CPU devices
+    assert got == max(1, cores // 2)
+    got, cores = threads(["--config", "config/quickstart.py", "--set", "KvstoreParam.cpu_devices=0"])
+    assert got == cores
+    assert threads(["--config", "config/nope.py"])[0] == cores                 # reported later by the script
+    assert threads(["--config", "config/quickstart.py"], OMP_NUM_THREADS="3")[0] == 3

@@ -11,7 +11,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from conftest import REPO, run_script
+from conftest import ONE_DEVICE, REPO, run_script
 from core.dataset import load_coco, save_roidb
 from core.synthetic import make_synthetic
 from models.efficientdet.builder import get_train_symbol
@@ -19,7 +19,8 @@ from utils.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoin
 from utils.config import load_config
 
 TINY = ["DatasetParam.image_size=(128, 128)", "NeckParam.repeats=1", "HeadParam.repeats=1",
-        "DatasetParam.num_workers=1", "General.log_frequency=1", "OptimizeParam.ema_decay=0", "TestParam.eval_every=0"]
+        "DatasetParam.num_workers=1", "General.log_frequency=1", "OptimizeParam.ema_decay=0", "TestParam.eval_every=0",
+        ONE_DEVICE]
 CONFIG = os.path.join(REPO, "config", "quickstart.py")
 
 

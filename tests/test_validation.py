@@ -10,7 +10,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from conftest import REPO, run_script
+from conftest import ONE_DEVICE, REPO, run_script
 from core.dataset import load_coco, save_roidb
 from core.roidb import load_roidb
 from core.synthetic import make_synthetic
@@ -22,7 +22,7 @@ from utils.errors import UserError
 
 CONFIG = os.path.join(REPO, "config", "quickstart.py")
 TINY = ["DatasetParam.image_size=(64, 64)", "NeckParam.repeats=1", "HeadParam.repeats=1",
-        "DatasetParam.num_workers=1", "General.log_frequency=1", "General.batch_image=2"]
+        "DatasetParam.num_workers=1", "General.log_frequency=1", "General.batch_image=2", ONE_DEVICE]
 
 
 def _data(tmp_path):

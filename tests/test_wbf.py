@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import ONE_DEVICE, REPO
 from config.base import make_config
 from core.tta import eval_transform, merge_views, tta_views, unflip
 from core.wbf import fuse
@@ -116,7 +116,7 @@ def test_detection_test_runs_tta(tmp_path):
     save_roidb(str(tmp_path / "val_roidb.json"), roidb, categories, "coco")
     sets = ["NeckParam.repeats=1", "HeadParam.repeats=1", "DatasetParam.image_size=(128,128)",
             "DatasetParam.val_roidb=%s" % (tmp_path / "val_roidb.json"), "General.name=tta",
-            "TestParam.tta_flip=true", "TestParam.tta_scales=[96]", "TestParam.max_det=30"]
+            "TestParam.tta_flip=true", "TestParam.tta_scales=[96]", "TestParam.max_det=30", ONE_DEVICE]
     config = os.path.join(REPO, "config", "quickstart.py")
     cfg = load_config(config, sets, is_train=False)
     mod = mx.mod.Module(get_raw_symbol(cfg), data_names=["data"], label_names=None)

@@ -26,9 +26,23 @@ def physical_cores():
     return max(1, len(cores))
 
 
-def configure_threads(threads=None):
-    """Set OMP_NUM_THREADS (default: every physical core) unless the user has set it. Has no effect
-    once mxnet is imported, so entry scripts call it first."""
+def configure_threads(threads=None, devices=1):
+    """Set OMP_NUM_THREADS unless the user has set it: `threads`, or by default the physical cores
+    shared among `devices` CPU contexts (KvstoreParam.cpu_devices), whose operators run side by side,
+    so that together they use every core once. Has no effect once mxnet is imported, so entry
+    scripts call it first."""
     if "mxnet" in sys.modules:
         return
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads or physical_cores()))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads or max(1, physical_cores() // max(1, devices))))
+
+
+def cpu_devices_of(argv):
+    """KvstoreParam.cpu_devices of the config that `argv` (--config, --set) names, at least 1; 1 when
+    it does not load (the entry script then reports why). Needs no mxnet."""
+    import argparse
+    from utils.config import add_config_args, load_config
+    try:
+        args, _ = add_config_args(argparse.ArgumentParser(add_help=False)).parse_known_args(argv)
+        return max(1, load_config(args.config, args.sets, is_train=False).KvstoreParam.cpu_devices)
+    except (Exception, SystemExit):
+        return 1
