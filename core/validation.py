@@ -34,6 +34,9 @@ class EvalGraph:
         self.batch_size = cfg.General.batch_image * len(ctx)
         self.shapes = {"data": (self.batch_size, 3) + tuple(cfg.DatasetParam.image_size),
                        "im_scale": (self.batch_size, 1)}
+        # What the symbol itself takes: one device's share (its SE gates fold the batch in).
+        self.device_shapes = {"data": (cfg.General.batch_image, 3) + tuple(cfg.DatasetParam.image_size),
+                              "im_scale": (cfg.General.batch_image, 1)}
         self.sym, self.ctx = get_test_symbol(cfg), ctx
 
     def bind(self, arg, aux, path):
@@ -108,9 +111,9 @@ class Validator:
         self.det_shape = (len(roidb), cfg.TestParam.max_det, 6)
         self.param_shapes = None
         if kv is not None:
-            arg_shapes, _, aux_shapes = self.graph.sym.infer_shape(**self.graph.shapes)
+            arg_shapes, _, aux_shapes = self.graph.sym.infer_shape(**self.graph.device_shapes)
             names = [("arg:" + n, s) for n, s in zip(self.graph.sym.list_arguments(), arg_shapes)
-                     if n not in self.graph.shapes]
+                     if n not in self.graph.device_shapes]
             self.param_shapes = names + [("aux:" + n, s) for n, s in
                                          zip(self.graph.sym.list_auxiliary_states(), aux_shapes)]
             size = sum(int(np.prod(s)) for _, s in self.param_shapes)

@@ -140,14 +140,16 @@ def test_two_workers_two_devices_equal_one_device(tmp_path):
 
 
 def test_training_with_launcher_rank0_outputs_and_resume(tmp_path):
-    """launch.py -n 2 -s 1 trains quickstart to completion; only rank 0 writes; --resume continues.
-    With validation every epoch: the ranks share the 3 val images unevenly (2 + 1 and a padded
-    slot), and the gathered AP is the one evaluating rank 0's saved weights in one process gives."""
+    """launch.py -n 2 -s 1 trains quickstart (2 CPU devices x 1 image per worker) to completion;
+    only rank 0 writes; --resume continues. With validation every epoch: the ranks share the 3 val
+    images unevenly (2 + 1 and a padded slot), and the gathered AP is the one evaluating rank 0's
+    saved weights in one process gives."""
     roidb = varied_roidb(str(tmp_path / "data"), 8)
     val = varied_roidb(str(tmp_path / "val"), 3)
     name = "test_dist_resume_%d" % os.getpid()
     sets = ["DatasetParam.image_size=(%d, %d)" % (SIZE, SIZE), "NeckParam.repeats=1", "HeadParam.repeats=1",
-            "DatasetParam.num_workers=1", "General.log_frequency=1", "General.batch_image=2",
+            "DatasetParam.num_workers=1", "General.log_frequency=1", "General.batch_image=1",
+            "KvstoreParam.cpu_devices=2",
             "General.checkpoint_iters=1", "DatasetParam.train_roidb=" + roidb, "General.name=" + name,
             "DatasetParam.val_roidb=" + val, "TestParam.eval_every=1"]
     try:
@@ -157,7 +159,7 @@ def test_training_with_launcher_rank0_outputs_and_resume(tmp_path):
         log = open(os.path.join(_exp(tmp_path, name), "train.log")).read()
         assert log.count("INFO train: training") == 1 and "(rank 0)" in log and " rank 1 " not in log
         rows = open(os.path.join(_exp(tmp_path, name), "metrics.csv")).read().splitlines()[1:]
-        assert [int(r.split(",")[1]) for r in rows] == [1, 2]    # 8 images / (2 x 2): one writer
+        assert [int(r.split(",")[1]) for r in rows] == [1, 2]    # 8 images / (2 x 2 x 1): one writer
         assert [m["iteration"] for m in list_checkpoints(_exp(tmp_path, name))] == [1, 2]
         assert os.path.isfile(os.path.join(_exp(tmp_path, name), name + "-0001.params"))
         assert os.path.isfile(os.path.join(_exp(tmp_path, name), "loss_curve.png"))
