@@ -17,9 +17,9 @@ import os
 import tempfile
 import time
 
-from utils.threads import configure_threads
+from utils.cpu import configure_cpu
 
-configure_threads()  # before mxnet is imported
+configure_cpu(inference=True)  # before mxnet is imported
 
 import mxnet as mx
 import numpy as np

@@ -24,9 +24,9 @@ import argparse
 import os
 import sys
 
-from utils.threads import configure_threads, cpu_devices_of
+from utils.cpu import configure_cpu, cpu_devices_of
 
-configure_threads(devices=cpu_devices_of(sys.argv[1:]))  # before mxnet is imported
+configure_cpu(devices=cpu_devices_of(sys.argv[1:]), inference=True)  # before mxnet is imported
 
 from core.roidb import check_class_names, load_config_roidb
 from core.error_analysis import analysis_paths, write_analysis

@@ -19,9 +19,9 @@ import os
 import sys
 import traceback
 
-from utils.threads import configure_threads, cpu_devices_of
+from utils.cpu import configure_cpu, cpu_devices_of
 
-configure_threads(devices=cpu_devices_of(sys.argv[1:]))  # before mxnet is imported
+configure_cpu(devices=cpu_devices_of(sys.argv[1:]))  # before mxnet is imported
 
 import mxnet as mx
 import numpy as np

@@ -12,7 +12,7 @@ from config.base import efficientdet_overrides, make_config
 def get_config(is_train):
     return make_config(is_train, dict(efficientdet_overrides("d0"), **{
         "General.name": "quickstart",
-        # Batch 8 as two CPU devices x 4 images, one OpenMP team per device (utils/threads.py): at
+        # Batch 8 as two CPU devices x 4 images, one OpenMP team per device (utils/cpu.py): at
         # 256 px a single device's operators are too small to keep two cores busy.
         "General.batch_image": 4,
         "KvstoreParam.cpu_devices": 2,

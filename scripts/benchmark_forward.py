@@ -10,9 +10,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.threads import configure_threads  # noqa: E402
+from utils.cpu import configure_cpu  # noqa: E402
 
-configure_threads()
+configure_cpu(inference=True)
 
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402

@@ -15,9 +15,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.threads import configure_threads  # noqa: E402
+from utils.cpu import configure_cpu  # noqa: E402
 
-configure_threads()  # before mxnet is imported
+configure_cpu(inference=True)  # before mxnet is imported
 
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402

@@ -69,7 +69,7 @@ def main():
             sys.exit("error: %s not found: %s (build it with ../shared/tools/setup_reference_env.sh)" % (what, path))
 
     sys.path.insert(0, ROOT)
-    from utils.threads import physical_cores
+    from utils.cpu import physical_cores
     cores = str(physical_cores())
     ref_env = dict(os.environ, REF_THREADS=os.environ.get("REF_THREADS", cores))
     size = ["--set", "DatasetParam.image_size=(%d, %d)" % (args.size, args.size)]

@@ -16,9 +16,9 @@ os.environ["MXNET_EXEC_BULK_EXEC_INFERENCE"] = "0"
 os.environ["MXNET_EXEC_BULK_EXEC_TRAIN"] = "0"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.threads import configure_threads  # noqa: E402
+from utils.cpu import configure_cpu  # noqa: E402
 
-configure_threads()
+configure_cpu(inference="--train" not in sys.argv)  # before mxnet is imported
 
 import json  # noqa: E402
 import tempfile  # noqa: E402

@@ -21,10 +21,10 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 # Under pytest-xdist the workers share the cores: each gets its share of OpenMP threads, and the
-# scripts it runs inherit them (utils/threads.py leaves a set OMP_NUM_THREADS alone). With every
+# scripts it runs inherit them (utils/cpu.py leaves a set OMP_NUM_THREADS alone). With every
 # worker on all cores, OpenMP teams spin against each other and each test takes far longer.
 if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
-    from utils.threads import physical_cores
+    from utils.cpu import physical_cores
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     os.environ["OMP_NUM_THREADS"] = str(max(1, physical_cores() // workers))
 

@@ -36,8 +36,8 @@ def test_profile_forward_lists_operators():
 
 def test_cpu_devices_share_the_cores():
     """OpenMP threads per CPU device: the cores split among KvstoreParam.cpu_devices, unless set."""
-    code = ("import sys; from utils.threads import configure_threads, cpu_devices_of, physical_cores; "
-            "configure_threads(devices=cpu_devices_of(sys.argv[1:])); import os; "
+    code = ("import sys; from utils.cpu import configure_cpu, cpu_devices_of, physical_cores; "
+            "configure_cpu(devices=cpu_devices_of(sys.argv[1:])); import os; "
             "print(os.environ['OMP_NUM_THREADS'], physical_cores())")
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     env["PYTHONPATH"] = REPO
@@ -53,3 +53,20 @@ def test_cpu_devices_share_the_cores():
     assert got == cores
     assert threads(["--config", "config/nope.py"])[0] == cores                 # reported later by the script
     assert threads(["--config", "config/quickstart.py"], OMP_NUM_THREADS="3")[0] == 3
+
+
+def test_inference_caps_onednn_isa_unless_set():
+    """configure_cpu(inference=True) caps oneDNN at AVX2 (docs/speed.md); training and a user's own
+    DNNL_MAX_CPU_ISA are left alone."""
+    code = ("import sys, os; from utils.cpu import configure_cpu; configure_cpu(inference=sys.argv[1] == 'yes'); "
+            "print(os.environ.get('DNNL_MAX_CPU_ISA', 'unset'))")
+    env = {k: v for k, v in os.environ.items() if k != "DNNL_MAX_CPU_ISA"}
+    env["PYTHONPATH"] = REPO
+
+    def isa(flag, **extra):
+        return subprocess.run([sys.executable, "-c", code, flag], cwd=REPO, env=dict(env, **extra),
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    assert isa("yes") == "AVX2"
+    assert isa("no") == "unset"
+    assert isa("yes", DNNL_MAX_CPU_ISA="ALL") == "ALL"

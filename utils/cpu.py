@@ -1,4 +1,5 @@
-"""OpenMP thread settings for MXNet, applied before `import mxnet`.
+"""CPU runtime settings for MXNet (OpenMP threads, oneDNN's instruction set), applied before
+`import mxnet`.
 
 MXNet 1.9 halves its OpenMP thread count on x86 when OMP_NUM_THREADS is unset (it assumes every
 core is two hyper-threads), which leaves half of a machine without SMT idle. Variables the user has
@@ -7,6 +8,14 @@ set are left alone.
 Threads are not bound to cores (OMP_PROC_BIND): binding pins the main thread to the first core,
 and every thread it starts later inherits that single core (the loader's threads, onnxruntime's
 pool), which slows them down; binding gave no gain to MXNet itself either (docs/speed.md).
+
+Inference caps oneDNN at AVX2 (DNNL_MAX_CPU_ISA) unless the user has set it. On AVX-512 CPUs
+oneDNN 2.4 (MXNet 1.9.1's) runs its convolutions in channels-last layouts, and every swish needs
+its input in plain layout (the product is not a oneDNN op): converting a channels-last map is a
+strided transpose, converting AVX2's 8-channel blocks is nearly a copy. The D0 forward was about
+1.3x faster capped than not on an AVX-512 VM; training, whose convolution backward gains more from
+AVX-512, was 5-10 % slower capped, so it is left alone. On CPUs without AVX-512 the cap changes
+nothing. Outputs stay within the parity tolerance (docs/speed.md).
 """
 import os
 import sys
@@ -26,14 +35,19 @@ def physical_cores():
     return max(1, len(cores))
 
 
-def configure_threads(threads=None, devices=1):
+INFERENCE_ISA = "AVX2"
+
+
+def configure_cpu(threads=None, devices=1, inference=False):
     """Set OMP_NUM_THREADS unless the user has set it: `threads`, or by default the physical cores
     shared among `devices` CPU contexts (KvstoreParam.cpu_devices), whose operators run side by side,
-    so that together they use every core once. Has no effect once mxnet is imported, so entry
-    scripts call it first."""
+    so that together they use every core once. With `inference`, also DNNL_MAX_CPU_ISA =
+    INFERENCE_ISA unless set. Has no effect once mxnet is imported, so entry scripts call it first."""
     if "mxnet" in sys.modules:
         return
     os.environ.setdefault("OMP_NUM_THREADS", str(threads or max(1, physical_cores() // max(1, devices))))
+    if inference:
+        os.environ.setdefault("DNNL_MAX_CPU_ISA", INFERENCE_ISA)
 
 
 def cpu_devices_of(argv):
