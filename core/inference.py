@@ -28,13 +28,18 @@ def check_params(sym, arg, aux, input_shapes, path):
                         "DatasetParam.num_classes and the variant" % (path, len(wrong), wrong[0]))
 
 
+def device_shapes(input_shapes, num_devices):
+    """`input_shapes` with the batch split over `num_devices`: what each device's graph takes (the
+    SE gates fold the batch into channels, so a graph is built for one device's share)."""
+    return {k: (v[0] // num_devices,) + tuple(v[1:]) for k, v in input_shapes.items()}
+
+
 def bind_inference(sym, arg, aux, input_shapes, ctx, path):
     """Module of `sym` bound for inference at `input_shapes` ({"data": (N, 3, H, W), "im_scale":
     (N, 1)}) on the contexts `ctx`, each taking N / len(ctx) images (the batch `sym` was built
     for), holding the weights (arg, aux) after check_params; entries the graph does not use (a
     training checkpoint carries more) are ignored."""
-    per_device = {k: (v[0] // len(ctx),) + tuple(v[1:]) for k, v in input_shapes.items()}
-    check_params(sym, arg, aux, per_device, path)
+    check_params(sym, arg, aux, device_shapes(input_shapes, len(ctx)), path)
     mod = mx.mod.Module(sym, data_names=list(input_shapes), label_names=None, context=ctx)
     mod.bind(list(input_shapes.items()), for_training=False)
     mod.set_params(arg, aux, allow_extra=True)

@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from core.evaluate import evaluate, to_coco_results
-from core.inference import bind_inference
+from core.inference import bind_inference, device_shapes
 from core.loader import DetectionLoader
 from core.tta import eval_transform, merge_views, tta_views, unflip
 from models.efficientdet.builder import get_test_symbol
@@ -34,9 +34,7 @@ class EvalGraph:
         self.batch_size = cfg.General.batch_image * len(ctx)
         self.shapes = {"data": (self.batch_size, 3) + tuple(cfg.DatasetParam.image_size),
                        "im_scale": (self.batch_size, 1)}
-        # What the symbol itself takes: one device's share (its SE gates fold the batch in).
-        self.device_shapes = {"data": (cfg.General.batch_image, 3) + tuple(cfg.DatasetParam.image_size),
-                              "im_scale": (cfg.General.batch_image, 1)}
+        self.device_shapes = device_shapes(self.shapes, len(ctx))
         self.sym, self.ctx = get_test_symbol(cfg), ctx
 
     def bind(self, arg, aux, path):
