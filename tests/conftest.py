@@ -20,13 +20,12 @@ REFERENCE_DIR = os.path.normpath(os.path.join(REPO, "..", "shared", "reference")
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-# Under pytest-xdist the workers share the cores: each gets its share of OpenMP threads, and the
-# scripts it runs inherit them (utils/cpu.py leaves a set OMP_NUM_THREADS alone). With every
-# worker on all cores, OpenMP teams spin against each other and each test takes far longer.
-if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
-    from utils.cpu import physical_cores
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    os.environ["OMP_NUM_THREADS"] = str(max(1, physical_cores() // workers))
+# Under pytest-xdist the workers share the cores as CPU devices do: each gets its share of OpenMP
+# threads, and the scripts it runs inherit them (configure_cpu leaves a set OMP_NUM_THREADS alone).
+# With every worker on all cores, OpenMP teams spin against each other and each test takes far longer.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    from utils.cpu import configure_cpu
+    configure_cpu(devices=int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 
 
 # config/quickstart.py trains on two CPU devices (KvstoreParam.cpu_devices=2) for speed; tests of
