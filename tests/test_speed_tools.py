@@ -55,18 +55,28 @@ def test_cpu_devices_share_the_cores():
     assert threads(["--config", "config/quickstart.py"], OMP_NUM_THREADS="3")[0] == 3
 
 
+def configured(variable, inference, **preset):
+    """The value configure_cpu(inference=...) leaves in `variable`, in a fresh interpreter whose
+    environment has `preset` and otherwise lacks `variable`."""
+    code = ("import sys, os; from utils.cpu import configure_cpu; configure_cpu(inference=sys.argv[2] == 'yes'); "
+            "print(os.environ.get(sys.argv[1], 'unset'))")
+    env = {k: v for k, v in os.environ.items() if k != variable}
+    env.update(preset, PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, "-c", code, variable, "yes" if inference else "no"], cwd=REPO,
+                          env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+
 def test_inference_caps_onednn_isa_unless_set():
     """configure_cpu(inference=True) caps oneDNN at AVX2 (docs/speed.md); training and a user's own
     DNNL_MAX_CPU_ISA are left alone."""
-    code = ("import sys, os; from utils.cpu import configure_cpu; configure_cpu(inference=sys.argv[1] == 'yes'); "
-            "print(os.environ.get('DNNL_MAX_CPU_ISA', 'unset'))")
-    env = {k: v for k, v in os.environ.items() if k != "DNNL_MAX_CPU_ISA"}
-    env["PYTHONPATH"] = REPO
+    assert configured("DNNL_MAX_CPU_ISA", inference=True) == "AVX2"
+    assert configured("DNNL_MAX_CPU_ISA", inference=False) == "unset"
+    assert configured("DNNL_MAX_CPU_ISA", inference=True, DNNL_MAX_CPU_ISA="ALL") == "ALL"
 
-    def isa(flag, **extra):
-        return subprocess.run([sys.executable, "-c", code, flag], cwd=REPO, env=dict(env, **extra),
-                              capture_output=True, text=True, check=True).stdout.strip()
 
-    assert isa("yes") == "AVX2"
-    assert isa("no") == "unset"
-    assert isa("yes", DNNL_MAX_CPU_ISA="ALL") == "ALL"
+def test_operator_tuning_off_unless_set():
+    """configure_cpu turns MXNet's operator tuning off for training and inference (its per-op OpenMP
+    decision made elemwise_mul ~3x slower, docs/speed.md); a user's own setting is left alone."""
+    assert configured("MXNET_USE_OPERATOR_TUNING", inference=True) == "0"
+    assert configured("MXNET_USE_OPERATOR_TUNING", inference=False) == "0"
+    assert configured("MXNET_USE_OPERATOR_TUNING", inference=False, MXNET_USE_OPERATOR_TUNING="1") == "1"

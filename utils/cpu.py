@@ -9,6 +9,12 @@ Threads are not bound to cores (OMP_PROC_BIND): binding pins the main thread to 
 and every thread it starts later inherits that single core (the loader's threads, onnxruntime's
 pool), which slows them down; binding gave no gain to MXNet itself either (docs/speed.md).
 
+Operator tuning is off (MXNET_USE_OPERATOR_TUNING=0) unless the user has set it. With it on, MXNet
+times its own elementwise kernels at import and, from those timings, decides per operator whether
+to run it with OpenMP; on the 2-core VMs we measured, that decision left `elemwise_mul` (swish's
+product) about 3x slower than with OpenMP always on, which cost 15-20 % of the D0 forward and of
+a training step (docs/speed.md).
+
 Inference caps oneDNN at AVX2 (DNNL_MAX_CPU_ISA) unless the user has set it. On AVX-512 CPUs
 oneDNN 2.4 (MXNet 1.9.1's) runs its convolutions in channels-last layouts, and every swish needs
 its input in plain layout (the product is not a oneDNN op): converting a channels-last map is a
@@ -41,11 +47,12 @@ INFERENCE_ISA = "AVX2"
 def configure_cpu(threads=None, devices=1, inference=False):
     """Set OMP_NUM_THREADS unless the user has set it: `threads`, or by default the physical cores
     shared among `devices` CPU contexts (KvstoreParam.cpu_devices), whose operators run side by side,
-    so that together they use every core once. With `inference`, also DNNL_MAX_CPU_ISA =
-    INFERENCE_ISA unless set. Has no effect once mxnet is imported, so entry scripts call it first."""
+    so that together they use every core once; MXNET_USE_OPERATOR_TUNING=0 unless set. With
+    `inference`, also DNNL_MAX_CPU_ISA = INFERENCE_ISA unless set. Has no effect once mxnet is imported, so entry scripts call it first."""
     if "mxnet" in sys.modules:
         return
     os.environ.setdefault("OMP_NUM_THREADS", str(threads or max(1, physical_cores() // max(1, devices))))
+    os.environ.setdefault("MXNET_USE_OPERATOR_TUNING", "0")
     if inference:
         os.environ.setdefault("DNNL_MAX_CPU_ISA", INFERENCE_ISA)
 
