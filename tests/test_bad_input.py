@@ -333,6 +333,9 @@ def test_unknown_category_id_cli_is_one_line(tmp_path):
     ("DatasetParam.image_size=(512, -8)", "DatasetParam.image_size=(512, -8) is out of range"),
     ("OptimizeParam.lr_per_64=-0.01", "OptimizeParam.lr_per_64=-0.01 is out of range: must be a number >= 0"),
     ("TestParam.score_thresh=1.5", "TestParam.score_thresh=1.5 is out of range: must be a number in [0, 1]"),
+    ("TestParam.topk_candidates=0", "TestParam.topk_candidates=0 is out of range: must be an integer >= 1"),
+    ("TestParam.topk_candidates=4000000", "TestParam.topk_candidates=4000000 is out of range: must be at most "
+                                          "3355443 with 5 classes (float32 indices)"),
 ])
 def test_config_values_that_cannot_work(item, message):
     with pytest.raises(UserError) as e:

@@ -162,3 +162,39 @@ def test_expand_channel_gates_keeps_values(tmp_path):
     before, after = _run_before_and_after(model, expand_channel_gates, x, tmp_path)
     assert [n.op_type for n in model.graph.node].count("Resize") == 1
     np.testing.assert_array_equal(before, after)
+
+
+def test_pad_gate_channels_keeps_values(tmp_path):
+    """An SE bottleneck of 3 channels (reduce conv -> swish -> expand conv) is padded to 16 with
+    zero weights, and the output stays the same; a bottleneck whose output leaves the channel-wise
+    ops (here also a graph output) is left alone."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+    from utils.onnx_export import pad_gate_channels
+    rng = np.random.RandomState(0)
+
+    def se(prefix, source):
+        return [helper.make_node("GlobalAveragePool", [source], [prefix + "pooled"]),
+                helper.make_node("Conv", [prefix + "pooled", prefix + "w1", prefix + "b1"], [prefix + "r"]),
+                helper.make_node("Sigmoid", [prefix + "r"], [prefix + "s"]),
+                helper.make_node("Mul", [prefix + "r", prefix + "s"], [prefix + "h"]),
+                helper.make_node("Conv", [prefix + "h", prefix + "w2", prefix + "b2"], [prefix + "g"]),
+                helper.make_node("Sigmoid", [prefix + "g"], [prefix + "gate"]),
+                helper.make_node("Mul", [source, prefix + "gate"], [prefix + "y"])]
+
+    weights = {"w1": (3, 8, 1, 1), "b1": (3,), "w2": (8, 3, 1, 1), "b2": (8,)}
+    graph = helper.make_graph(
+        se("a_", "x") + se("b_", "a_y"), "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8, 5, 7])],
+        [helper.make_tensor_value_info("b_y", TensorProto.FLOAT, [2, 8, 5, 7]),
+         helper.make_tensor_value_info("b_h", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), prefix + name)
+         for prefix in ("a_", "b_") for name, shape in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = rng.normal(size=(2, 8, 5, 7)).astype(np.float32)
+    before, after = _run_before_and_after(model, pad_gate_channels, x, tmp_path)
+    np.testing.assert_allclose(before, after, rtol=1e-6, atol=1e-6)
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    assert shapes["a_w1"] == (16, 8, 1, 1) and shapes["a_b1"] == (16,) and shapes["a_w2"] == (8, 16, 1, 1)
+    assert shapes["b_w1"] == (3, 8, 1, 1)         # its swish output is also a graph output

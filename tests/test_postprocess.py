@@ -108,19 +108,21 @@ def test_matches_numpy_reference(test, image_size):
         assert (got[:, 30:] == -1).all()
 
 
-def test_chunked_top_pairs_equal_one_top_k():
-    """Above 2^24 logits the ranking runs in chunks; a small chunk exercises that path."""
+@pytest.mark.parametrize("layout", ["random", "crowded", "few_anchors"])
+def test_two_stage_top_pairs_equal_one_flat_top_k(layout):
+    """The anchor-first ranking picks the same pairs, in the same order, as one top-k over all
+    logits, also when the best pairs crowd into few anchors or k exceeds the anchors."""
     rng = np.random.RandomState(1)
-    cls_pred = rng.normal(size=(2, 50, 7)).astype(np.float32)
-    outs = []
-    for chunk in (1 << 24, 7 * 9):
-        syms = _top_pairs(mx.sym.Variable("c"), 50, 7, 40, chunk=chunk)
-        ex = mx.sym.Group(list(syms)).bind(mx.cpu(), {"c": mx.nd.array(cls_pred)}, grad_req="null")
-        outs.append([o.asnumpy() for o in ex.forward()])
-    order = np.argsort(-cls_pred.reshape(2, -1), axis=1, kind="stable")[:, :40]
-    for logits, anchor, cls in outs:
-        np.testing.assert_array_equal(anchor * 7 + cls, order)
-        np.testing.assert_array_equal(logits, np.take_along_axis(cls_pred.reshape(2, -1), order, 1))
+    anchors, classes, k = (5, 7, 30) if layout == "few_anchors" else (50, 7, 40)
+    cls_pred = rng.normal(size=(2, anchors, classes)).astype(np.float32)
+    if layout == "crowded":     # all 7 classes of anchors 3 and 17 beat every other logit
+        cls_pred[:, [3, 17]] += 10
+    syms = _top_pairs(mx.sym.Variable("c"), anchors, classes, k)
+    ex = mx.sym.Group(list(syms)).bind(mx.cpu(), {"c": mx.nd.array(cls_pred)}, grad_req="null")
+    logits, anchor, cls = [o.asnumpy() for o in ex.forward()]
+    order = np.argsort(-cls_pred.reshape(2, -1), axis=1, kind="stable")[:, :min(k, anchors * classes)]
+    np.testing.assert_array_equal(anchor * classes + cls, order)
+    np.testing.assert_array_equal(logits, np.take_along_axis(cls_pred.reshape(2, -1), order, 1))
 
 
 def run_nms(boxes, scores, classes, max_det, nms_type, sigma=0.5):

@@ -174,7 +174,11 @@ LIMITS = [
     ("TestParam.score_thresh", number_range(0, 1)),
     ("TestParam.nms_thresh", number_range(0, 1)),
     ("TestParam.max_det", _int_at_least(1)),
+    ("TestParam.topk_candidates", _int_at_least(1)),
 ]
+
+# Post-processing ranks (candidate, class) pairs by float32 flat index, exact below 2^24.
+MAX_RANKED_PAIRS = (1 << 24) - 1
 
 
 def check_value(name, value, test, allowed):
@@ -194,6 +198,10 @@ def validate(cfg):
     for name, (test, allowed) in LIMITS:
         if name in fields:
             check_value(name, fields[name], test, allowed)
+    topk, classes = fields.get("TestParam.topk_candidates"), fields.get("DatasetParam.num_classes")
+    if topk is not None and classes is not None:
+        check_value("TestParam.topk_candidates", topk, lambda k: k * classes <= MAX_RANKED_PAIRS,
+                    "at most %d with %d classes (float32 indices)" % (MAX_RANKED_PAIRS // classes, classes))
     if fields.get("OptimizeParam.early_stop_patience") and not fields.get("TestParam.eval_every"):
         raise UserError("OptimizeParam.early_stop_patience=%r needs validation: set TestParam.eval_every > 0 "
                         "(and DatasetParam.val_roidb)" % fields["OptimizeParam.early_stop_patience"])
