@@ -11,6 +11,7 @@ from config.base import make_config
 from core.targets import decode_boxes
 from models.efficientdet.anchors import generate_anchors
 from models.efficientdet.builder import build_network, get_raw_symbol, get_test_symbol
+from models.efficientdet.layers import graph_target
 from models.efficientdet.loss import flatten_level_outputs
 from models.efficientdet.postprocess import (_top_pairs, candidates, flat_predictions, greedy_nms,
                                              match_detections, postprocess)
@@ -109,7 +110,8 @@ def test_matches_numpy_reference(test, image_size):
 
 
 @pytest.mark.parametrize("layout", ["random", "crowded", "few_anchors"])
-def test_two_stage_top_pairs_equal_one_flat_top_k(layout):
+@pytest.mark.parametrize("target", ["inference", "plain"])      # best class by max-pool / by max
+def test_two_stage_top_pairs_equal_one_flat_top_k(layout, target):
     """The anchor-first ranking picks the same pairs, in the same order, as one top-k over all
     logits, also when the best pairs crowd into few anchors or k exceeds the anchors."""
     rng = np.random.RandomState(1)
@@ -117,7 +119,8 @@ def test_two_stage_top_pairs_equal_one_flat_top_k(layout):
     cls_pred = rng.normal(size=(2, anchors, classes)).astype(np.float32)
     if layout == "crowded":     # all 7 classes of anchors 3 and 17 beat every other logit
         cls_pred[:, [3, 17]] += 10
-    syms = _top_pairs(mx.sym.Variable("c"), anchors, classes, k)
+    with graph_target(target):
+        syms = _top_pairs(mx.sym.Variable("c"), anchors, classes, k)
     ex = mx.sym.Group(list(syms)).bind(mx.cpu(), {"c": mx.nd.array(cls_pred)}, grad_req="null")
     logits, anchor, cls = [o.asnumpy() for o in ex.forward()]
     order = np.argsort(-cls_pred.reshape(2, -1), axis=1, kind="stable")[:, :min(k, anchors * classes)]

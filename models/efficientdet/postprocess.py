@@ -38,6 +38,7 @@ import mxnet as mx
 import numpy as np
 
 from models.efficientdet.anchors import feature_sizes, level_strides
+from models.efficientdet.layers import uses
 
 PAD = -1.0   # every field of a padding row
 
@@ -113,16 +114,17 @@ def _top_pairs(cls_pred, num_anchors, num_classes, topk):
     Ranked in two exact stages instead of one top-T over all A*C logits: first the T' = min(T, A)
     anchors with the highest best logit, then the top T of their T'*C logits. An anchor holding
     one of the T best pairs is among those T' anchors: every anchor whose best logit beats its own
-    holds a pair that beats that pair, and fewer than T pairs do (ties aside). The best logit per
-    anchor is a max-pool over the classes, which oneDNN runs fast; the second top-T sees T'*C
-    logits, so flat indices stay exact in float32 (below 2^24) at any image size.
+    holds a pair that beats that pair, and fewer than T pairs do (ties aside). The second top-T
+    sees T'*C logits, so flat indices stay exact in float32 (below 2^24) at any image size.
     """
     if topk * num_classes >= 1 << 24:      # utils/config.validate refuses such configs
         raise ValueError("topk %d * %d classes is not below 2^24" % (topk, num_classes))
-    best = mx.sym.Pooling(mx.sym.expand_dims(cls_pred, axis=1), kernel=(1, num_classes),
-                          pool_type="max")                                   # (N, 1, A, 1)
-    anchors = mx.sym.topk(mx.sym.reshape(best, shape=(0, -1)), axis=1, k=min(topk, num_anchors),
-                          ret_typ="indices")                                 # (N, T')
+    if uses("pool_best_class"):      # oneDNN pooling: several times faster than MXNet's max
+        best = mx.sym.reshape(mx.sym.Pooling(mx.sym.expand_dims(cls_pred, axis=1), kernel=(1, num_classes),
+                                             pool_type="max"), shape=(0, -1))
+    else:                            # ReduceMax in ONNX, which onnxruntime runs faster than MaxPool
+        best = mx.sym.max(cls_pred, axis=2)                                  # (N, A)
+    anchors = mx.sym.topk(best, axis=1, k=min(topk, num_anchors), ret_typ="indices")  # (N, T')
     rows = mx.sym.reshape(_gather(cls_pred, anchors), shape=(0, -1))         # (N, T' * C)
     logits, index = mx.sym.topk(rows, axis=1, k=min(topk, num_anchors * num_classes), ret_typ="both")
     row, cls = _split_index(index, num_classes)
