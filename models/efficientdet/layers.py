@@ -14,8 +14,8 @@ import mxnet as mx
 # "deconv_upsample" has a float32 constant weight, which fp16 training graphs cannot take, and was
 # measured for inference only; "pool_best_class" is post-processing's max over classes as a
 # max-pool (onnxruntime runs ReduceMax faster). The "portable" target is what MXNet's ONNX
-# exporter can translate and onnxruntime runs well (a depthwise 1x1 conv with constant weights stays in its blocked layout);
-# "plain" uses no form: the reference the others are tested against.
+# exporter can translate and onnxruntime runs well (a depthwise 1x1 conv with constant weights
+# stays in its blocked layout); "plain" uses no form: the reference the others are tested against.
 FORMS = {
     "inference": {"padded_kernel", "full_pool", "plain_swish", "conv_scale", "conv_fusion", "fc_mean",
                   "dense_se", "deconv_upsample", "pool_best_class"},
