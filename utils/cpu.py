@@ -11,9 +11,9 @@ pool), which slows them down; binding gave no gain to MXNet itself either (docs/
 
 Operator tuning is off (MXNET_USE_OPERATOR_TUNING=0) unless the user has set it. With it on, MXNet
 times its own elementwise kernels at import and, from those timings, decides per operator whether
-to run it with OpenMP; on the 2-core VMs we measured, that decision left `elemwise_mul` (swish's
-product) about 3x slower than with OpenMP always on, which cost 15-20 % of the D0 forward and of
-a training step (docs/speed.md).
+to run it with OpenMP; on a 2-core Zen 3 VM that decision left `elemwise_mul` (swish's product)
+about 3x slower than with OpenMP always on, which cost 15-20 % of the D0 forward and of a
+training step (docs/speed.md).
 
 Inference caps oneDNN at AVX2 (DNNL_MAX_CPU_ISA) unless the user has set it. On AVX-512 CPUs
 oneDNN 2.4 (MXNet 1.9.1's) runs its convolutions in channels-last layouts, and every swish needs
@@ -48,7 +48,8 @@ def configure_cpu(threads=None, devices=1, inference=False):
     """Set OMP_NUM_THREADS unless the user has set it: `threads`, or by default the physical cores
     shared among `devices` CPU contexts (KvstoreParam.cpu_devices), whose operators run side by side,
     so that together they use every core once; MXNET_USE_OPERATOR_TUNING=0 unless set. With
-    `inference`, also DNNL_MAX_CPU_ISA = INFERENCE_ISA unless set. Has no effect once mxnet is imported, so entry scripts call it first."""
+    `inference`, also DNNL_MAX_CPU_ISA = INFERENCE_ISA unless set. Has no effect once mxnet is
+    imported, so entry scripts call it first."""
     if "mxnet" in sys.modules:
         return
     os.environ.setdefault("OMP_NUM_THREADS", str(threads or max(1, physical_cores() // max(1, devices))))

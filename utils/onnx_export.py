@@ -74,6 +74,15 @@ def export_onnx(sym, params, input_shapes, path, metadata=None, edit=None):
     return path
 
 
+def _consumers(model):
+    """{tensor name: [nodes that take it as an input]} of an ONNX model."""
+    consumers = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return consumers
+
+
 def fold_pads(model):
     """Merge each spatial Pad that feeds only Conv (pad value 0) or MaxPool (-inf) nodes into their
     `pads` attribute, in place. ONNX takes asymmetric pads on the op itself, which MXNet cannot
@@ -81,10 +90,7 @@ def fold_pads(model):
     blocked-layout chain with two reorders. Returns the number of Pads removed."""
     from onnx import helper, numpy_helper
     init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    consumers = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(model)
     removed = []
     for pad in [n for n in model.graph.node if n.op_type == "Pad"]:
         users = consumers.get(pad.output[0], [])
@@ -211,11 +217,7 @@ def pad_gate_channels(model, multiple=NCHWC_BLOCK):
     from onnx import numpy_helper
     init = {t.name: t for t in model.graph.initializer}
     producer = {out: node for node in model.graph.node for out in node.output}
-    consumers = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-
+    consumers = _consumers(model)
     outputs = {o.name for o in model.graph.output}
 
     def weight(name):
@@ -246,8 +248,9 @@ def pad_gate_channels(model, multiple=NCHWC_BLOCK):
                         frontier.append(node.output[0])
                 else:
                     ok = False
-        if not ok or not expands or inside & outputs or len({e.input[1] for e in expands}) != len(expands) \
-                or len(consumers.get(reduce.input[1], [])) != 1:
+        # ... and no padded weight may serve another node.
+        if not ok or not expands or inside & outputs or \
+                any(len(consumers[n]) != 1 for n in [reduce.input[1]] + [e.input[1] for e in expands]):
             continue
         extra = -w.shape[0] % multiple
         pads = [(reduce.input[1], w, 0)] + [(e.input[1], weight(e.input[1]), 1) for e in expands]

@@ -19,9 +19,9 @@ the forward pass):
 - flat_predictions runs the heads' shared last 1x1 convolution once over all levels as a
   FullyConnected, which yields the logits already in (anchor, class) order: no transpose or
   concatenation of the wide outputs (MXNet's concat of them is slow on CPU);
-- a top-T over the anchors' best logits, then over the T winners' C logits (the same pairs as one
-  top-T over all 4.4 M logits, at a fraction of the cost, see _top_pairs); the winners' anchors are computed
-  from their indices (level, y, x, k) by arithmetic, so anchors need no input, parameter or
+- a top-T over the anchors' best logits, then over the T winners' C logits (the pairs of one
+  top-T over all 4.4 M logits, at a fraction of its cost: _top_pairs); the winners' anchors are
+  computed from their indices (level, y, x, k) by arithmetic, so anchors need no input, parameter or
   constant array: the symbol keeps the inputs `data` and `im_scale` only and survives save/load
   and ONNX export as it is;
 - NMS as below. Reductions other than topk/argmax are slow in MXNet on CPU (a 2-element `sum` or
@@ -39,6 +39,7 @@ import numpy as np
 
 from models.efficientdet.anchors import feature_sizes, level_strides
 from models.efficientdet.layers import uses
+from utils.config import MAX_RANKED_PAIRS
 
 PAD = -1.0   # every field of a padding row
 
@@ -117,7 +118,7 @@ def _top_pairs(cls_pred, num_anchors, num_classes, topk):
     holds a pair that beats that pair, and fewer than T pairs do (ties aside). The second top-T
     sees T'*C logits, so flat indices stay exact in float32 (below 2^24) at any image size.
     """
-    if topk * num_classes >= 1 << 24:      # utils/config.validate refuses such configs
+    if topk * num_classes > MAX_RANKED_PAIRS:      # utils/config.validate refuses such configs
         raise ValueError("topk %d * %d classes is not below 2^24" % (topk, num_classes))
     if uses("pool_best_class"):      # oneDNN pooling: several times faster than MXNet's max
         best = mx.sym.reshape(mx.sym.Pooling(mx.sym.expand_dims(cls_pred, axis=1), kernel=(1, num_classes),
