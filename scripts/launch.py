@@ -42,7 +42,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.cpu import physical_cores  # noqa: E402
+from utils.cpu import thread_share  # noqa: E402
 
 POLL = 0.1          # seconds between checks of the children
 
@@ -226,7 +226,7 @@ def main(argv=None):
         # ps-lite would advertise the address of the first network interface; loopback always works.
         # The workers share this machine's cores: each gets its share of OpenMP threads (utils/cpu.py
         # would otherwise give every worker all of them).
-        threads = os.environ.get("OMP_NUM_THREADS", str(max(1, physical_cores() // args.num_workers)))
+        threads = os.environ.get("OMP_NUM_THREADS", str(thread_share(args.num_workers)))
         extra = dict({"DMLC_NODE_HOST": "127.0.0.1", "OMP_NUM_THREADS": threads}, **extra)
     else:
         if not args.hostfile:

@@ -41,6 +41,12 @@ def physical_cores():
     return max(1, len(cores))
 
 
+def thread_share(devices):
+    """OpenMP threads for each of `devices` CPU contexts or processes that share this machine's
+    physical cores, at least 1."""
+    return max(1, physical_cores() // max(1, devices))
+
+
 INFERENCE_ISA = "AVX2"
 
 
@@ -52,7 +58,7 @@ def configure_cpu(threads=None, devices=1, inference=False):
     imported, so entry scripts call it first."""
     if "mxnet" in sys.modules:
         return
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads or max(1, physical_cores() // max(1, devices))))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads or thread_share(devices)))
     os.environ.setdefault("MXNET_USE_OPERATOR_TUNING", "0")
     if inference:
         os.environ.setdefault("DNNL_MAX_CPU_ISA", INFERENCE_ISA)
