@@ -224,3 +224,29 @@ def test_anchor_strides_follow_feature_sizes_on_odd_inputs():
     # Dividing sizes keep the power-of-two stride.
     b = generate_anchors((256, 256), min_level=3, max_level=3, num_scales=1, aspect_ratios=((1.0, 1.0),))
     np.testing.assert_allclose(b[1] - b[0], [0, 8, 0, 8])
+
+
+@pytest.mark.parametrize("size,width,kernel,stride", [(12, 12, 5, 1), (12, 12, 5, 2), (11, 13, 5, 2),
+                                                      (9, 10, 7, 1), (9, 9, 7, 2), (8, 8, 3, 2)])
+def test_column_split_depthwise_conv_gives_plain_values_and_gradients(size, width, kernel, stride):
+    """The training graph's depthwise k x k conv (k > 3) is a sum of k x 3 convs ("column_split"):
+    outputs and the gradients of input and weight must be the plain conv's."""
+    rng = np.random.RandomState(size * kernel + stride)
+    channels = 8
+    args = {"data": rng.randn(2, channels, size, width), "c_weight": rng.randn(channels, 1, kernel, kernel)}
+    results = {}
+    for target in ("plain", "training"):
+        with graph_target(target):
+            sym, hw = conv(mx.sym.Variable("data"), "c", (size, width), channels, kernel, stride,
+                           groups=channels)
+        assert ("c_cols0" in sym.tojson()) == (target == "training" and kernel > 3)
+        nd_args = {k: mx.nd.array(v) for k, v in args.items()}
+        grads = {k: mx.nd.zeros(v.shape) for k, v in args.items()}
+        ex = sym.bind(mx.cpu(), nd_args, args_grad=grads)
+        out = ex.forward(is_train=True)[0]
+        assert out.shape[2:] == hw
+        head = np.random.RandomState(1).randn(*out.shape)
+        ex.backward(mx.nd.array(head))
+        results[target] = [out.asnumpy()] + [grads[k].asnumpy() for k in sorted(args)]
+    for plain, split in zip(results["plain"], results["training"]):
+        np.testing.assert_allclose(split, plain, rtol=1e-5, atol=1e-5 * np.abs(plain).max())

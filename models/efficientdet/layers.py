@@ -13,13 +13,15 @@ import mxnet as mx
 # no fast kernel for the 4x4 / 6x6 kernels of "padded_kernel", so training keeps the explicit Pad;
 # "deconv_upsample" has a float32 constant weight, which fp16 training graphs cannot take, and was
 # measured for inference only; "pool_best_class" is post-processing's max over classes as a
-# max-pool (onnxruntime runs ReduceMax faster). The "portable" target is what MXNet's ONNX
+# max-pool (onnxruntime runs ReduceMax faster); "column_split" is for training only, because
+# oneDNN's depthwise forward is fast at any width and only its weight gradient is not. The "portable" target is what MXNet's ONNX
 # exporter can translate and onnxruntime runs well (a depthwise 1x1 conv with constant weights
 # stays in its blocked layout); "plain" uses no form: the reference the others are tested against.
 FORMS = {
     "inference": {"padded_kernel", "full_pool", "plain_swish", "conv_scale", "conv_fusion", "fc_mean",
                   "dense_se", "deconv_upsample", "pool_best_class"},
-    "training": {"full_pool", "plain_swish", "conv_scale", "conv_fusion", "fc_mean", "dense_se"},
+    "training": {"full_pool", "plain_swish", "conv_scale", "conv_fusion", "fc_mean", "dense_se",
+                 "column_split"},
     "portable": {"conv_fusion"},
     "plain": set(),
 }
@@ -79,6 +81,8 @@ def conv(data, name, hw, num_filter, kernel=1, stride=1, groups=1, bias=False,
     stride-2 conv on even sizes avoid an explicit Pad (depthwise convs know it already).
     """
     per_group = 1 if groups == num_filter else (in_channels // groups if in_channels else None)
+    if uses("column_split") and per_group == 1 and kernel > SPLIT_WIDTH:
+        return _column_split_conv(data, name, hw, num_filter, kernel, stride, weight)
     kwargs = {"bias": bias_var} if bias and bias_var is not None else {}
     grow = uses("padded_kernel") and weight is None and per_group
     if grow and _one_more_after(hw, kernel, stride, kernel + 1):
@@ -97,6 +101,42 @@ def conv(data, name, hw, num_filter, kernel=1, stride=1, groups=1, bias=False,
                              stride=(stride, stride), pad=pad, num_group=groups,
                              no_bias=not bias, **kwargs)
     return out, out_hw
+
+
+# oneDNN 2.4's fast depthwise weight gradient (jit_dw) takes kernels at most 3 columns wide; wider
+# ones fall back to a per-group GEMM that took ~0.5 s per 5x5 layer of D0 at batch 4.
+SPLIT_WIDTH = 3
+
+
+def _column_split_conv(data, name, hw, channels, kernel, stride, weight=None):
+    """Depthwise SAME k x k conv, k > 3, as a sum of k x 3 depthwise convs over column windows.
+
+    Window d reads kernel columns d..d+2 (columns that an earlier window covers are zeroed), on the
+    input padded so that output j starts at column s*j + d of the SAME-padded input. Exact: every
+    product of the k x k conv appears once. `{name}_weight` keeps its (C, 1, k, k) shape.
+    (N, C, H, W) -> (N, C, ceil(H/s), ceil(W/s)).
+    """
+    (t, b, oh), (l, r, ow) = same_pad(hw[0], kernel, stride), same_pad(hw[1], kernel, stride)
+    if weight is None:
+        weight = mx.sym.Variable(name + "_weight", shape=(channels, 1, kernel, kernel))
+    out = None
+    for start in range(0, kernel, SPLIT_WIDTH):
+        d = min(start, kernel - SPLIT_WIDTH)
+        w = mx.sym.slice_axis(weight, axis=3, begin=start, end=min(start + SPLIT_WIDTH, kernel))
+        if start > d:
+            w = mx.sym.pad(w, mode="constant", constant_value=0, pad_width=(0, 0, 0, 0, 0, 0, start - d, 0))
+        # Output j of this window is output j + q of a conv on the input padded by l - d + s*q.
+        q = max(0, -((l - d) // stride))
+        left = l - d + stride * q
+        right = max(0, stride * (q + ow - 1) + SPLIT_WIDTH - (hw[1] + left))
+        x = mx.sym.pad(data, mode="constant", constant_value=0, pad_width=(0, 0, 0, 0, t, b, left, right))
+        y = mx.sym.Convolution(x, weight=w, num_filter=channels, kernel=(kernel, SPLIT_WIDTH),
+                               stride=(stride, stride), num_group=channels, no_bias=True,
+                               name="%s_cols%d" % (name, start))
+        if q or (hw[1] + left + right - SPLIT_WIDTH) // stride + 1 != ow:
+            y = mx.sym.slice_axis(y, axis=3, begin=q, end=q + ow)
+        out = y if out is None else out + y
+    return out, (oh, ow)
 
 
 def batchnorm(data, name, momentum=0.99, eps=1e-3):
