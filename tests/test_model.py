@@ -143,7 +143,7 @@ def test_graph_forms_give_the_plain_outputs_over_calls_and_batches():
     cfg = load_config("config/quickstart.py", sets, is_train=False)
     images = np.random.RandomState(0).randn(4, 3, 96, 128).astype(np.float32)
     outs, params = {}, None
-    for target, batch in (("plain", 1), ("portable", 1), ("inference", 1), ("inference", 2)):
+    for target, batch in (("plain", 1), ("portable", 1), ("inference", 1), ("inference", 2), ("training", 2)):
         cfg.General.batch_image = batch
         with graph_target(target):
             mod = mx.mod.Module(get_raw_symbol(cfg), label_names=None)
@@ -229,8 +229,9 @@ def test_anchor_strides_follow_feature_sizes_on_odd_inputs():
 @pytest.mark.parametrize("size,width,kernel,stride", [(12, 12, 5, 1), (12, 12, 5, 2), (11, 13, 5, 2),
                                                       (9, 10, 7, 1), (9, 9, 7, 2), (8, 8, 3, 2)])
 def test_column_split_depthwise_conv_gives_plain_values_and_gradients(size, width, kernel, stride):
-    """The training graph's depthwise k x k conv (k > 3) is a sum of k x 3 convs ("column_split"):
-    outputs and the gradients of input and weight must be the plain conv's."""
+    """The training graph's depthwise k x k conv (k > 3, or stride 2) is a sum of convs at most 3
+    columns wide, padded by concatenation ("column_split"): outputs and the gradients of input and
+    weight must be the plain conv's."""
     rng = np.random.RandomState(size * kernel + stride)
     channels = 8
     args = {"data": rng.randn(2, channels, size, width), "c_weight": rng.randn(channels, 1, kernel, kernel)}
@@ -239,7 +240,8 @@ def test_column_split_depthwise_conv_gives_plain_values_and_gradients(size, widt
         with graph_target(target):
             sym, hw = conv(mx.sym.Variable("data"), "c", (size, width), channels, kernel, stride,
                            groups=channels)
-        assert ("c_cols0" in sym.tojson()) == (target == "training" and kernel > 3)
+        assert ("c_cols0" in sym.tojson()) == (target == "training" and (kernel > 3 or stride > 1))
+        assert '"op": "Pad"' not in sym.tojson() or target == "plain"
         nd_args = {k: mx.nd.array(v) for k, v in args.items()}
         grads = {k: mx.nd.zeros(v.shape) for k, v in args.items()}
         ex = sym.bind(mx.cpu(), nd_args, args_grad=grads)

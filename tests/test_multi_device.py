@@ -147,7 +147,8 @@ def test_sync_bn_two_devices_equal_one_device(roidb, tmp_path):
     3 updates, weights and BN moving statistics.
 
     Tolerance: per tensor max|diff| <= 1e-3 of its largest move (+ 4 ulps + 1e-6 of the largest
-    move), ||diff|| <= 1e-4 ||move||, moving statistics rtol 1e-4 (atol 1e-5): SyncBatchNorm
+    move), ||diff|| <= 1e-4 ||move||, moving statistics rtol 1e-4 (atol 1e-5, or 1e-4 of the tensor's
+    largest value if more): SyncBatchNorm
     computes the variance as E[x^2] - E[x]^2 over the devices in its own kernel, BatchNorm (oneDNN)
     directly, and BN in training passes that rounding on to every gradient. Observed: worst tensor
     0.42 of its bound, ||diff|| = 1.6e-5 ||move||. With per-device BN (sync_bn off) the same run is
@@ -162,7 +163,8 @@ def test_sync_bn_two_devices_equal_one_device(roidb, tmp_path):
     assert worst <= 1.0 and relative <= 1e-4, (worst, relative)
     for name in final:
         if name.endswith(("_moving_mean", "_moving_var")):
-            np.testing.assert_allclose(sync[name], final[name], rtol=1e-4, atol=1e-5, err_msg=name)
+            np.testing.assert_allclose(sync[name], final[name], rtol=1e-4,
+                                       atol=max(1e-5, 1e-4 * np.abs(final[name]).max()), err_msg=name)
     _, plain, _, _, _ = _train(roidb, ["General.batch_image=2", "KvstoreParam.cpu_devices=2"], tmp_path / "plain")
     worst, relative = weight_difference(final, plain, init, rel=1e-3)
     assert worst > 100 and relative > 1e-2, (worst, relative)

@@ -141,7 +141,7 @@ def test_fp16_graph_dtypes():
     _, inner, _ = internals.infer_type(data=np.float32, normaliser=np.float32, loss_scale=np.float32,
                                        cls_target=np.float32, box_target=np.float32)
     inner = dict(zip(internals.list_outputs(), inner))
-    assert inner["stage4_unit1_dw_conv_output"] == np.float16
+    assert inner["stage4_unit1_dw_conv_cols0_output"] == np.float16  # stride 2: column_split form
 
 
 @pytest.mark.parametrize("extra,message", [
