@@ -52,6 +52,21 @@ def same_pad(size, kernel, stride):
     return total // 2, total - total // 2, out
 
 
+def _constant_pad(data, pads, value=0.0):
+    """Pad axes 2 and 3 of a 4-D symbol by pads = (top, bottom, left, right) with `value`.
+
+    Built by concatenating constant blocks: MXNet's Pad op ran 5-10x slower than a copy of the
+    same tensor, forward and backward. The blocks are made from the data, so they take its dtype.
+    """
+    for axis, before, after in ((2,) + tuple(pads[:2]), (3,) + tuple(pads[2:])):
+        if before or after:
+            block = mx.sym.zeros_like(mx.sym.BlockGrad(mx.sym.slice_axis(data, axis=axis, begin=0, end=1)))
+            if value:
+                block = block + value
+            data = mx.sym.concat(*([block] * before + [data] + [block] * after), dim=axis)
+    return data
+
+
 def _padded(data, hw, kernel, stride, pad_value):
     """Pad `data` for SAME. Returns (data, symmetric_pad, out_hw): symmetric pads are left to the op."""
     (t, b, oh), (l, r, ow) = same_pad(hw[0], kernel, stride), same_pad(hw[1], kernel, stride)
@@ -72,55 +87,9 @@ def _one_more_after(hw, kernel, stride, window):
             and all(window <= size + 2 * p for size, p in zip(hw, pad)))
 
 
-def conv(data, name, hw, num_filter, kernel=1, stride=1, groups=1, bias=False,
-         weight=None, bias_var=None, in_channels=None):
-    """SAME convolution (N, C, H, W) -> (N, num_filter, ceil(H/s), ceil(W/s)).
-
-    Params: `{name}_weight` (O, I/groups, k, k) and, with bias, `{name}_bias`. Pass `weight` /
-    `bias_var` to share variables (the heads share convs across levels). `in_channels` (C) lets a
-    stride-2 conv on even sizes avoid an explicit Pad (depthwise convs know it already).
-    """
-    per_group = 1 if groups == num_filter else (in_channels // groups if in_channels else None)
-    if uses("column_split") and per_group == 1 and (kernel > SPLIT_WIDTH or stride > 1):
-        return _column_split_conv(data, name, hw, num_filter, kernel, stride, weight)
-    kwargs = {"bias": bias_var} if bias and bias_var is not None else {}
-    grow = uses("padded_kernel") and weight is None and per_group
-    if grow and _one_more_after(hw, kernel, stride, kernel + 1):
-        # A (k+1) x (k+1) kernel whose first row and column are zero, padded symmetrically by the
-        # larger SAME pad, reads exactly the pixels of the k x k SAME conv. The zero row is added
-        # in the graph, so `{name}_weight` keeps its (O, I/g, k, k) shape in checkpoints.
-        (_, b, oh), (_, r, ow) = same_pad(hw[0], kernel, stride), same_pad(hw[1], kernel, stride)
-        weight = mx.sym.Variable(name + "_weight", shape=(num_filter, per_group, kernel, kernel))
-        weight = mx.sym.pad(weight, mode="constant", constant_value=0, pad_width=(0, 0, 0, 0, 1, 0, 1, 0))
-        kernel, pad, out_hw = kernel + 1, (b, r), (oh, ow)
-    else:
-        data, pad, out_hw = _padded(data, hw, kernel, stride, 0.0)
-    if weight is not None:
-        kwargs["weight"] = weight
-    out = mx.sym.Convolution(data, name=name, num_filter=num_filter, kernel=(kernel, kernel),
-                             stride=(stride, stride), pad=pad, num_group=groups,
-                             no_bias=not bias, **kwargs)
-    return out, out_hw
-
-
 # oneDNN 2.4's fast depthwise weight gradient (jit_dw) takes kernels at most 3 columns wide; wider
 # ones fall back to a per-group GEMM that took ~0.5 s per 5x5 layer of D0 at batch 4.
 SPLIT_WIDTH = 3
-
-
-def _constant_pad(data, pads, value=0.0):
-    """Pad axes 2 and 3 of a 4-D symbol by pads = (top, bottom, left, right) with `value`.
-
-    Built by concatenating constant blocks: MXNet's Pad op ran 5-10x slower than a copy of the
-    same tensor, forward and backward. The blocks are made from the data, so they take its dtype.
-    """
-    for axis, before, after in ((2,) + tuple(pads[:2]), (3,) + tuple(pads[2:])):
-        if before or after:
-            block = mx.sym.zeros_like(mx.sym.BlockGrad(mx.sym.slice_axis(data, axis=axis, begin=0, end=1)))
-            if value:
-                block = block + value
-            data = mx.sym.concat(*([block] * before + [data] + [block] * after), dim=axis)
-    return data
 
 
 def _column_split_conv(data, name, hw, channels, kernel, stride, weight=None):
@@ -152,6 +121,37 @@ def _column_split_conv(data, name, hw, channels, kernel, stride, weight=None):
             y = mx.sym.slice_axis(y, axis=3, begin=q, end=q + ow)
         out = y if out is None else out + y
     return out, (oh, ow)
+
+
+def conv(data, name, hw, num_filter, kernel=1, stride=1, groups=1, bias=False,
+         weight=None, bias_var=None, in_channels=None):
+    """SAME convolution (N, C, H, W) -> (N, num_filter, ceil(H/s), ceil(W/s)).
+
+    Params: `{name}_weight` (O, I/groups, k, k) and, with bias, `{name}_bias`. Pass `weight` /
+    `bias_var` to share variables (the heads share convs across levels). `in_channels` (C) lets a
+    stride-2 conv on even sizes avoid an explicit Pad (depthwise convs know it already).
+    """
+    per_group = 1 if groups == num_filter else (in_channels // groups if in_channels else None)
+    if uses("column_split") and per_group == 1 and (kernel > SPLIT_WIDTH or stride > 1):
+        return _column_split_conv(data, name, hw, num_filter, kernel, stride, weight)
+    kwargs = {"bias": bias_var} if bias and bias_var is not None else {}
+    grow = uses("padded_kernel") and weight is None and per_group
+    if grow and _one_more_after(hw, kernel, stride, kernel + 1):
+        # A (k+1) x (k+1) kernel whose first row and column are zero, padded symmetrically by the
+        # larger SAME pad, reads exactly the pixels of the k x k SAME conv. The zero row is added
+        # in the graph, so `{name}_weight` keeps its (O, I/g, k, k) shape in checkpoints.
+        (_, b, oh), (_, r, ow) = same_pad(hw[0], kernel, stride), same_pad(hw[1], kernel, stride)
+        weight = mx.sym.Variable(name + "_weight", shape=(num_filter, per_group, kernel, kernel))
+        weight = _constant_pad(weight, (1, 0, 1, 0))
+        kernel, pad, out_hw = kernel + 1, (b, r), (oh, ow)
+    else:
+        data, pad, out_hw = _padded(data, hw, kernel, stride, 0.0)
+    if weight is not None:
+        kwargs["weight"] = weight
+    out = mx.sym.Convolution(data, name=name, num_filter=num_filter, kernel=(kernel, kernel),
+                             stride=(stride, stride), pad=pad, num_group=groups,
+                             no_bias=not bias, **kwargs)
+    return out, out_hw
 
 
 def batchnorm(data, name, momentum=0.99, eps=1e-3):
