@@ -36,8 +36,8 @@ def count_macs(sym, data_shape):
         if node["op"] not in ("Convolution", "FullyConnected"):
             continue
         weight = nodes[node["inputs"][1][0]]
-        if weight["op"] == "Pad":
-            weight = nodes[weight["inputs"][0][0]]
+        while weight["op"] == "Concat":  # zero rows/columns concatenated around the parameter
+            weight = next(nodes[i] for i, _, _ in weight["inputs"] if nodes[i]["op"] != "zeros_like")
         if weight["name"] in arg_shapes:
             total += int(np.prod(out_shapes[node["name"] + "_output"])) * int(np.prod(arg_shapes[weight["name"]][1:]))
     return total
