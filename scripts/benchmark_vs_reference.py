@@ -9,7 +9,9 @@ is --ref-python. Each round runs, one after the other in fresh processes, our ti
 reference's (../shared/tools/effdet_bench.py, or --ref-bench), so both see the same machine state.
 Printed per measurement: the median over rounds of each side's median, and the ratio reference time
 / our time (above 1 means we are faster). Absolute times vary 2x between machines of one kind: only
-the ratio is a property of the software.
+the ratio is a property of the software. On a VM, each round also shows the share of CPU time the
+hypervisor gave to other guests while it ran ("steal", from /proc/stat): a round with a high share
+on one side only is the machine's noise, not the software's.
 
   forward  D0 network at 512, batch 1 (MXNet, no post-processing)  vs effdet forward, batch 1
   train    forward, loss, backward and SGD step at batch 4           vs effdet training step
@@ -47,11 +49,34 @@ def ms_per_image(output, batch):
     raise RuntimeError("no timing in the output:\n" + output[-2000:])
 
 
+def cpu_ticks():
+    """(steal, total) CPU ticks of the machine from /proc/stat; None where it cannot be read."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (ticks[7] if len(ticks) > 7 else 0), sum(ticks)
+
+
 def run(cmd, env=None):
+    """(output, steal share during the run or None) of a timing script run in a fresh process."""
+    before = cpu_ticks()
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    after = cpu_ticks()
     if res.returncode != 0:
         raise RuntimeError("%s failed (%d):\n%s" % (" ".join(cmd), res.returncode, res.stderr[-3000:]))
-    return res.stdout + res.stderr
+    steal = None
+    if before and after and after[1] > before[1]:
+        steal = (after[0] - before[0]) / float(after[1] - before[1])
+    return res.stdout + res.stderr, steal
+
+
+def timing(output_and_steal, batch):
+    """'X ms/img (steal Y%)' text and the ms/img of one run."""
+    output, steal = output_and_steal
+    ms = ms_per_image(output, batch)
+    return ms, "%.1f ms/img%s" % (ms, "" if steal is None else " (steal %.0f%%)" % (100 * steal))
 
 
 def main():
@@ -81,11 +106,13 @@ def main():
         batch = int(ref_args[1])
         ours, theirs = [], []
         for r in range(args.rounds):
-            ours.append(ms_per_image(run([sys.executable] + ours_args + ["--config", args.config] + size), batch))
-            theirs.append(ms_per_image(run([args.ref_python, args.ref_bench, ref_args[0], args.variant,
-                                            str(args.size)] + ref_args[1:], ref_env), batch))
-            print("  %-8s round %d: ours %.1f ms/img, reference %.1f ms/img, ratio %.2f"
-                  % (what, r + 1, ours[-1], theirs[-1], theirs[-1] / ours[-1]), flush=True)
+            ms, ours_text = timing(run([sys.executable] + ours_args + ["--config", args.config] + size), batch)
+            ours.append(ms)
+            ms, ref_text = timing(run([args.ref_python, args.ref_bench, ref_args[0], args.variant,
+                                       str(args.size)] + ref_args[1:], ref_env), batch)
+            theirs.append(ms)
+            print("  %-8s round %d: ours %s, reference %s, ratio %.2f"
+                  % (what, r + 1, ours_text, ref_text, theirs[-1] / ours[-1]), flush=True)
         rows.append((what, float(np.median(ours)), float(np.median(theirs))))
     print("\n%-8s %14s %18s %8s" % ("what", "ours ms/img", "reference ms/img", "ratio"))
     for what, ours, theirs in rows:

@@ -21,6 +21,17 @@ def test_ms_per_image_reads_every_timing_format():
     assert bench.ms_per_image("median ms/img: 171.9", 1) == 171.9
 
 
+def test_each_run_reports_the_hypervisor_steal_share():
+    bench = _module("benchmark_vs_reference")
+    output, steal = bench.run([sys.executable, "-c", "print('d0: median 5.0 ms/img')"])
+    assert "median 5.0 ms/img" in output
+    if os.path.exists("/proc/stat"):
+        steal_ticks, total_ticks = bench.cpu_ticks()
+        assert 0 <= steal_ticks <= total_ticks and (steal is None or 0.0 <= steal <= 1.0)
+    assert bench.timing((output, 0.25), 1) == (5.0, "5.0 ms/img (steal 25%)")
+    assert bench.timing((output, None), 1) == (5.0, "5.0 ms/img")
+
+
 def test_missing_reference_python_is_one_line(tmp_path):
     res = run_script(["scripts/benchmark_vs_reference.py", "--ref-python", str(tmp_path / "nope" / "python")])
     assert res.returncode != 0 and "setup_reference_env.sh" in res.stderr and "Traceback" not in res.stderr
