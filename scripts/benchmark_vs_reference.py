@@ -73,7 +73,7 @@ def run(cmd, env=None):
 
 
 def timing(output_and_steal, batch):
-    """'X ms/img (steal Y%)' text and the ms/img of one run."""
+    """(ms/img, 'X ms/img (steal Y%)') of one run's (output, steal share)."""
     output, steal = output_and_steal
     ms = ms_per_image(output, batch)
     return ms, "%.1f ms/img%s" % (ms, "" if steal is None else " (steal %.0f%%)" % (100 * steal))

@@ -9,14 +9,15 @@ import contextlib
 import mxnet as mx
 
 # Graph forms that run fastest on oneDNN, per build target; each gives the same outputs as the
-# plain form. Measured per target with scripts/profile_forward.py: oneDNN's depthwise backward has
-# no fast kernel for the 4x4 / 6x6 kernels of "padded_kernel", so training keeps the explicit Pad;
-# "deconv_upsample" has a float32 constant weight, which fp16 training graphs cannot take, and was
-# measured for inference only; "pool_best_class" is post-processing's max over classes as a
-# max-pool (onnxruntime runs ReduceMax faster); "column_split" is for training only, because
-# oneDNN's depthwise forward is fast at any width and only its weight gradient is not. The "portable" target is what MXNet's ONNX
-# exporter can translate and onnxruntime runs well (a depthwise 1x1 conv with constant weights
-# stays in its blocked layout); "plain" uses no form: the reference the others are tested against.
+# plain form. Measured per target with scripts/profile_forward.py: oneDNN's fast depthwise weight
+# gradient takes kernels at most 3 columns wide, so training leaves out "padded_kernel" (4x4 / 6x6)
+# and splits wider or stride-2 depthwise convs into column windows ("column_split"), which
+# inference does not need (the depthwise forward is fast at any width); "deconv_upsample" has a
+# float32 constant weight, which fp16 training graphs cannot take, and was measured for inference
+# only; "pool_best_class" is post-processing's max over classes as a max-pool (onnxruntime runs
+# ReduceMax faster). The "portable" target is what MXNet's ONNX exporter can translate and
+# onnxruntime runs well (a depthwise 1x1 conv with constant weights stays in its blocked layout);
+# "plain" uses no form: the reference the others are tested against.
 FORMS = {
     "inference": {"padded_kernel", "full_pool", "plain_swish", "conv_scale", "conv_fusion", "fc_mean",
                   "dense_se", "deconv_upsample", "pool_best_class"},
