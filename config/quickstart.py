@@ -1,8 +1,9 @@
 """Quickstart: a small EfficientDet-D0-like model (EfficientNet-B0, BiFPN 64 x 2, head 2) at 256 px,
 trained from scratch on the generated synthetic shapes dataset (scripts/make_synthetic.py).
 
-The recipe is tuned for a few minutes of CPU training: AdamW at a high lr, short warmup, mild scale
-jitter, BN statistics that follow fast (momentum 0.9) and no EMA (an EMA lags over 375 steps).
+The recipe is tuned for a few minutes of CPU training: AdamW at a high lr (0.008 at batch 8), short
+warmup, mild scale jitter, BN statistics that follow fast (momentum 0.9), no EMA (an EMA lags over
+375 steps), and automl's Gaussian soft-NMS for the evaluation.
 Validation AP after every epoch (100 images, a few seconds each): val_metrics.csv, val_curve.png and
 experiments/quickstart/quickstart-best.params.
 """
@@ -26,7 +27,9 @@ def get_config(is_train):
         "DatasetParam.val_roidb": "data/synthetic/val_roidb.json",
         "DatasetParam.scale_range": (0.8, 1.25),
         "OptimizeParam.optimizer": "adamw",
-        "OptimizeParam.lr_per_64": 0.032,
+        # Swept on this recipe (2026-12-03, 375 steps, val mAP@[.5:.95] after epoch 5): 0.032 gave
+        # 0.588, 0.048 0.653, 0.064 0.677, 0.096 0.676.
+        "OptimizeParam.lr_per_64": 0.064,
         "OptimizeParam.wd": 1e-4,
         "OptimizeParam.schedule.end_epoch": 5,
         "OptimizeParam.warmup.epochs": 0.3,
@@ -38,4 +41,6 @@ def get_config(is_train):
         "DatasetParam.crop_min_visible": 0.25,
         "OptimizeParam.warmup.init_lr_ratio": 0.0,
         "TestParam.eval_every": 1,
+        # automl's default post-processing (Gaussian soft-NMS); +0.006 AP over hard NMS on one model.
+        "TestParam.nms_type": "soft",
     }))
