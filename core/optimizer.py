@@ -12,8 +12,8 @@ from utils.errors import UserError
 from utils.lr_scheduler import build_lr_scheduler
 
 
-# The most parameters one call of MXNet's multi-tensor AdamW kernels takes: its kernel parameter
-# block holds 50 (contrib/adamw-inl.h), and 1.9.1 does not check it, so 51 crashes the process.
+# The most parameters one call of MXNet's multi-tensor AdamW kernels takes. MXNet 1.9.1 does not
+# check the count: 50 run, 51 crash the process (tried).
 MULTI_TENSOR_LIMIT = 50
 
 
@@ -24,7 +24,7 @@ class AdamW(mx.optimizer.Adam):
 
     MXNet's Updater hands over up to MULTI_TENSOR_LIMIT parameters of one device at a time
     (aggregate_num), and they take one multi-tensor kernel call: one Python call per parameter cost
-    more than the kernels themselves (a fifth of a quickstart step)."""
+    more than the kernels themselves (about a sixth of a quickstart step)."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
