@@ -1,5 +1,6 @@
 """The optimiser: AdamW, the optimiser factory (lr schedule, weight-decay groups), the weight
 initialiser, and the optimiser state as bytes for checkpoints."""
+import json
 import math
 import os
 import warnings
@@ -8,6 +9,7 @@ import mxnet as mx
 import numpy as np
 from mxnet.ndarray.contrib import multi_adamw_update, multi_mp_adamw_update
 
+from utils.checkpoint import save_nd
 from utils.errors import UserError
 from utils.lr_scheduler import build_lr_scheduler
 
@@ -99,18 +101,46 @@ def attach_optimizer(mod, opt, kvstore="local"):
     assert not mod._update_on_kvstore
 
 
+LAYOUT_KEY = "meta:layout"
+
+
 def optimizer_states(mod, folder):
-    """The optimiser state of a bound Module as bytes, in MXNet's own format. Module only writes it
-    to a file (through the kvstore when it updates there), so this goes through a per-process
-    temporary in `folder`."""
+    """The optimiser state of a bound Module as bytes: an mx.nd.save file holding every state array
+    as `<index>.<position>...` and, under LAYOUT_KEY (json as uint8), how each index's state nests
+    (an array key, null, or a list of those). Not MXNet's own Updater.get_states: that pickles, and
+    unpickling a checkpoint can run any code. mx.nd.save only writes files, so this goes through a
+    per-process temporary in `folder`."""
+    arrays = {}
+    layout = [[index, _flatten_state(state, str(index), arrays)] for index, state in mod._updater.states.items()]
+    arrays[LAYOUT_KEY] = mx.nd.array(np.frombuffer(json.dumps(layout).encode(), np.uint8), dtype=np.uint8)
     tmp = os.path.join(folder, ".optimizer-states-%d.tmp" % os.getpid())
     try:
-        mod.save_optimizer_states(tmp)
+        save_nd(tmp, arrays)          # OSError when the disk fills (mx.nd.save alone may not say)
         with open(tmp, "rb") as f:
             return f.read()
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _flatten_state(state, key, arrays):
+    """The layout of one optimiser state (an NDArray, None, or a tuple/list of states), its arrays
+    added to `arrays` under `key` and `key.<position>`."""
+    if state is None:
+        return None
+    if isinstance(state, (tuple, list)):
+        return [_flatten_state(s, "%s.%d" % (key, i), arrays) for i, s in enumerate(state)]
+    arrays[key] = state
+    return key
+
+
+def _nest_state(layout, arrays):
+    """The optimiser state that `layout` describes (tuples, as MXNet's optimisers create them)."""
+    if layout is None:
+        return None
+    if isinstance(layout, list):
+        return tuple(_nest_state(item, arrays) for item in layout)
+    return arrays[layout]
 
 
 def restore_optimizer_states(mod, states, folder, devices=None):
@@ -124,17 +154,26 @@ def restore_optimizer_states(mod, states, folder, devices=None):
     try:
         with open(tmp, "wb") as f:
             f.write(states)
-        mod.load_optimizer_states(tmp)
+        try:
+            arrays = mx.nd.load(tmp)
+        except mx.base.MXNetError:
+            arrays = {}
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    if not isinstance(arrays, dict) or LAYOUT_KEY not in arrays:
+        raise UserError("the checkpoint's optimizer state (.states) is not in this project's format; a "
+                        "checkpoint written before 2026-12-03 holds MXNet's pickled Updater state, which is "
+                        "never loaded: train without --resume, starting from its .params weights")
+    layout = json.loads(arrays.pop(LAYOUT_KEY).asnumpy().tobytes().decode())
+    saved = {index: _nest_state(item, arrays) for index, item in layout}
     updater, params, new = mod._updater, len(mod._exec_group.param_names), len(mod._context)
-    saved = updater.states
     old = devices or (max(saved) // params + 1 if saved else new)
     if old != new:
-        updater.states = {i * new + k: _copy_state(saved[i * old])
-                          for i in range(params) if i * old in saved for k in range(new)}
-        updater.states_synced = dict.fromkeys(updater.states, False)   # moved to each device on first use
+        saved = {i * new + k: _copy_state(saved[i * old])
+                 for i in range(params) if i * old in saved for k in range(new)}
+    updater.states = saved
+    updater.states_synced = dict.fromkeys(saved, False)     # moved to each device on first use
 
 
 def _copy_state(state):

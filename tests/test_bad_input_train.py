@@ -168,7 +168,9 @@ def test_full_disk_while_saving_or_restoring_names_the_intact_checkpoint(tmp_pat
     last = latest_checkpoint(exp, verify_hash=True)
     named = "%s/ckpt-%04d-%07d.json (epoch %d, iteration %d) is intact" % (
         exp, last["epoch"], last["iteration"], last["epoch"], last["iteration"])
-    assert line.startswith("error: saving the checkpoint of epoch") and "File too large" in line and named in line
+    # A write refused by the limit (File too large), or mx.nd.save's short file found on reading it back.
+    assert line.startswith("error: saving the checkpoint of epoch") and named in line, line
+    assert "File too large" in line or "mx.nd.save left an incomplete file" in line, line
     load_checkpoint(last)
     limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_LIMIT, FSIZE_LIMIT))  # noqa: E731
     res = _run(tmp_path, _cmd("detection_train.py", sets, ["--resume"]), preexec_fn=limit)

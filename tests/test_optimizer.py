@@ -1,5 +1,6 @@
-"""core.optimizer.AdamW: the multi-tensor update against a numpy AdamW, through MXNet's Updater as
-Module calls it (lists of parameters per device, more than one kernel call's worth)."""
+"""core.optimizer: AdamW's multi-tensor update against a numpy AdamW, through MXNet's Updater as
+Module calls it (lists of parameters per device, more than one kernel call's worth); the optimiser
+state as checkpoint bytes without pickle."""
 import math
 
 import mxnet as mx
@@ -7,7 +8,9 @@ import numpy as np
 import pytest
 
 from config.base import make_config
-from core.optimizer import MULTI_TENSOR_LIMIT, build_optimizer
+from core.optimizer import (MULTI_TENSOR_LIMIT, _flatten_state, _nest_state, attach_optimizer, build_optimizer,
+                            optimizer_states, param_groups_no_wd, restore_optimizer_states)
+from utils.errors import UserError
 
 SHAPES = [(3, 4), (5,), (2, 3, 3), (7,)] * 16          # 64 parameters: two kernel calls
 NAMES = ["p%d_%s" % (i, "weight" if i % 2 == 0 else "bias") for i in range(len(SHAPES))]
@@ -61,3 +64,56 @@ def test_adamw_matches_numpy_over_steps_devices_and_groups(fp16):
                                        err_msg="%s on device %d" % (name, k))
         if fp16:        # the float32 master copy carries the update exactly
             np.testing.assert_allclose(updater.states[i * 2][0].asnumpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def _module(seed=0):
+    """A 2-layer Module on 2 CPU devices with AdamW (weight decay on the kernels), one update done."""
+    x = mx.sym.FullyConnected(mx.sym.var("data"), num_hidden=3, name="fc1")
+    loss = mx.sym.MakeLoss(mx.sym.sum(mx.sym.FullyConnected(x, num_hidden=1, name="fc2") ** 2))
+    mod = mx.mod.Module(loss, data_names=["data"], label_names=None, context=[mx.cpu(0), mx.cpu(1)])
+    mod.bind([("data", (4, 4))])
+    mx.random.seed(seed)
+    mod.init_params(mx.init.Normal(0.5))
+    opt = mx.optimizer.create("adamw", learning_rate=0.1, wd=0.01)
+    opt.set_wd_mult(param_groups_no_wd(mod._exec_group.param_names))
+    attach_optimizer(mod, opt, "local")
+    _update(mod)
+    return mod
+
+
+def _update(mod):
+    mod.forward_backward(mx.io.DataBatch([mx.nd.array(np.arange(16).reshape(4, 4) / 16.0)]))
+    mod.update()
+
+
+def test_optimizer_state_round_trip_continues_exactly(tmp_path):
+    """A resumed run takes the update the uninterrupted one takes: the saved moments come back."""
+    mod = _module()
+    states = optimizer_states(mod, str(tmp_path))
+    _update(mod)
+    resumed = _module()
+    for state in resumed._updater.states.values():      # lose the moments, as a fresh process would
+        for array in state:
+            array[:] = 0
+    restore_optimizer_states(resumed, states, str(tmp_path))
+    _update(resumed)
+    for name, value in mod.get_params()[0].items():
+        np.testing.assert_array_equal(resumed.get_params()[0][name].asnumpy(), value.asnumpy(), err_msg=name)
+    assert not list(tmp_path.iterdir())                  # no temporary left behind
+
+
+def test_pickled_optimizer_state_is_refused(tmp_path):
+    """MXNet's own Updater format is a pickle: never loaded, one clear error instead."""
+    mod = _module()
+    with pytest.raises(UserError, match="pickled Updater state, which is never loaded"):
+        restore_optimizer_states(mod, mod._updater.get_states(), str(tmp_path))
+
+
+def test_nested_states_keep_their_layout():
+    """fp16 master-weight states (weight32, (mean, var)) and stateless parameters (None)."""
+    arrays = {}
+    state = (mx.nd.ones(2), (mx.nd.zeros(2), mx.nd.full(2, 3.0)))
+    layouts = [_flatten_state(state, "7", arrays), _flatten_state(None, "8", arrays)]
+    assert layouts == [["7.0", ["7.1.0", "7.1.1"]], None] and sorted(arrays) == ["7.0", "7.1.0", "7.1.1"]
+    back = _nest_state(layouts[0], arrays)
+    assert back[0] is state[0] and back[1][1] is state[1][1] and _nest_state(None, arrays) is None

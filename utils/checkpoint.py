@@ -4,7 +4,7 @@ A checkpoint of (epoch, iteration) in an experiment directory is a group of file
   ckpt-EEEE-IIIIIII.params  mx.nd.save dict: `arg:`/`aux:` weights, plus `ema:<key>` for the EMA
                             state when there is one and `meta:class_names` (the class names, json
                             as uint8; `mx.model.load_checkpoint` ignores both prefixes)
-  ckpt-EEEE-IIIIIII.states  optimizer state bytes (MXNet's own Updater format), if any
+  ckpt-EEEE-IIIIIII.states  optimizer state bytes (core.optimizer.optimizer_states, no pickle), if any
   ckpt-EEEE-IIIIIII.json    manifest: epoch, iteration, extra, and name/size/sha256 of each file
 Every file goes to a hidden temp file in the same directory, is fsync'd, then os.replace'd into
 place, and the manifest is written last: a checkpoint is complete iff its manifest parses and every
@@ -82,8 +82,8 @@ def save_checkpoint(prefix_dir, epoch, iteration, arg_params, aux_params, optimi
                     ema_params=None, extra=None, epoch_prefix=None, keep_last=None, class_names=None):
     """Write checkpoint (epoch, iteration) into `prefix_dir`; return its manifest dict.
 
-    `optimizer_states`: bytes from `Updater.get_states()` or None. `ema_params`: flat dict of
-    NDArrays (`ExponentialMovingAverage.state_dict()`), stored under `ema:` keys. `extra`: any
+    `optimizer_states`: bytes from `core.optimizer.optimizer_states()` or None. `ema_params`: flat
+    dict of NDArrays (`ExponentialMovingAverage.state_dict()`), stored under `ema:` keys. `extra`: any
     json-serialisable dict, returned as manifest["extra"]. If `epoch_prefix` is given (an epoch
     boundary), also write `<epoch_prefix>-%04d.params` % epoch like `mx.model.save_checkpoint`,
     holding the weights used for evaluation: the EMA ones when `ema_params` is given, else the raw
