@@ -1,6 +1,5 @@
 """The optimiser: AdamW, the optimiser factory (lr schedule, weight-decay groups), the weight
 initialiser, and the optimiser state as bytes for checkpoints."""
-import json
 import math
 import os
 import warnings
@@ -9,7 +8,7 @@ import mxnet as mx
 import numpy as np
 from mxnet.ndarray.contrib import multi_adamw_update, multi_mp_adamw_update
 
-from utils.checkpoint import save_nd
+from utils.checkpoint import json_array, json_of, save_nd
 from utils.errors import UserError
 from utils.lr_scheduler import build_lr_scheduler
 
@@ -106,13 +105,13 @@ LAYOUT_KEY = "meta:layout"
 
 def optimizer_states(mod, folder):
     """The optimiser state of a bound Module as bytes: an mx.nd.save file holding every state array
-    as `<index>.<position>...` and, under LAYOUT_KEY (json as uint8), how each index's state nests
-    (an array key, null, or a list of those). Not MXNet's own Updater.get_states: that pickles, and
-    unpickling a checkpoint can run any code. mx.nd.save only writes files, so this goes through a
-    per-process temporary in `folder`."""
+    as `<index>.<position>...` and, under LAYOUT_KEY (a utils.checkpoint.json_array), how each
+    index's state nests (an array key, null, or a list of those). Not MXNet's own
+    Updater.get_states: that pickles, and unpickling a checkpoint can run any code. mx.nd.save only
+    writes files, so this goes through a per-process temporary in `folder`."""
     arrays = {}
     layout = [[index, _flatten_state(state, str(index), arrays)] for index, state in mod._updater.states.items()]
-    arrays[LAYOUT_KEY] = mx.nd.array(np.frombuffer(json.dumps(layout).encode(), np.uint8), dtype=np.uint8)
+    arrays[LAYOUT_KEY] = json_array(layout)
     tmp = os.path.join(folder, ".optimizer-states-%d.tmp" % os.getpid())
     try:
         save_nd(tmp, arrays)          # OSError when the disk fills (mx.nd.save alone may not say)
@@ -165,7 +164,7 @@ def restore_optimizer_states(mod, states, folder, devices=None):
         raise UserError("the checkpoint's optimizer state (.states) is not in this project's format; a "
                         "checkpoint written before 2026-12-03 holds MXNet's pickled Updater state, which is "
                         "never loaded: train without --resume, starting from its .params weights")
-    layout = json.loads(arrays.pop(LAYOUT_KEY).asnumpy().tobytes().decode())
+    layout = json_of(arrays.pop(LAYOUT_KEY))
     saved = {index: _nest_state(item, arrays) for index, item in layout}
     updater, params, new = mod._updater, len(mod._exec_group.param_names), len(mod._context)
     old = devices or (max(saved) // params + 1 if saved else new)

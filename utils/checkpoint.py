@@ -53,15 +53,25 @@ def save_nd(path, data):
         raise OSError(errno.EIO, "mx.nd.save left an incomplete file (%d bytes)" % size)
 
 
+def json_array(obj):
+    """`obj` as json, utf-8 bytes in a uint8 NDArray: how metadata rides in an mx.nd.save file."""
+    return mx.nd.array(list(json.dumps(obj).encode()), dtype="uint8")
+
+
+def json_of(array):
+    """The object a json_array() holds."""
+    return json.loads(bytes(array.asnumpy().tolist()).decode())
+
+
 def class_names_array(names):
-    """The `meta:class_names` value: the names as json, utf-8 bytes in a uint8 NDArray."""
-    return mx.nd.array(list(json.dumps([str(n) for n in names]).encode()), dtype="uint8")
+    """The `meta:class_names` value: the names as a json_array."""
+    return json_array([str(n) for n in names])
 
 
 def class_names_of(data):
     """The class names stored in a `.params` dict (class_names_array), or None."""
     value = data.get(CLASS_NAMES_KEY)
-    return None if value is None else json.loads(bytes(value.asnumpy().tolist()).decode())
+    return None if value is None else json_of(value)
 
 
 def _module_dict(arg_params, aux_params, class_names=None):
