@@ -201,3 +201,76 @@ def test_pad_gate_channels_keeps_values(tmp_path):
     shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
     assert shapes["a_w1"] == (16, 8, 1, 1) and shapes["a_b1"] == (16,) and shapes["a_w2"] == (8, 16, 1, 1)
     assert shapes["b_w1"] == (3, 8, 1, 1)         # its swish output is also a graph output
+
+
+def _se_model(rng, batch, channels, height, width):
+    """conv -> SE (GlobalAveragePool, reduce conv, relu, expand conv, sigmoid) -> product -> conv,
+    exported the way expand_channel_gates leaves it, with weights that keep the gates in (0.1, 0.9)."""
+    from onnx import TensorProto, helper, numpy_helper
+    from utils.onnx_export import expand_channel_gates, pad_gate_channels
+    weights = {"w0": (channels, channels, 1, 1), "w1": (8, channels, 1, 1), "w2": (channels, 8, 1, 1),
+               "w3": (16, channels, 1, 1)}
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w0"], ["f"]),
+         helper.make_node("GlobalAveragePool", ["f"], ["pooled"]),
+         helper.make_node("Conv", ["pooled", "w1"], ["r"]),
+         helper.make_node("Relu", ["r"], ["h"]),
+         helper.make_node("Conv", ["h", "w2"], ["g"]),
+         helper.make_node("Sigmoid", ["g"], ["gate"]),
+         helper.make_node("Mul", ["f", "gate"], ["gated"]),
+         helper.make_node("Conv", ["gated", "w3"], ["y"])], "se",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, channels, height, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 16, height, width])],
+        [numpy_helper.from_array((rng.normal(size=s) / np.sqrt(s[1])).astype(np.float32), n)
+         for n, s in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    assert expand_channel_gates(model) == 1 and pad_gate_channels(model) == 1   # as the export does
+    return model
+
+
+@pytest.mark.parametrize("batch, height, width", [(1, 16, 16), (2, 6, 10), (1, 5, 5)])
+def test_blocked_gate_products_keep_values(batch, height, width):
+    """onnxruntime's optimised graph with the SE product rewritten for its blocked layout
+    (utils/onnx_blocked.py) gives the same numbers as without; runs of 64, 4 and 1 pixels. With a
+    wrong block size the gates land on the wrong channels and the test sees it."""
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from utils.onnx_blocked import PROVIDERS, gate_products_in_blocks, nchwc_block, optimized_model
+    from utils.onnx_export import ort_session
+    block = nchwc_block()
+    if block is None:
+        pytest.skip("onnxruntime runs no blocked layout on this CPU")
+    rng = np.random.RandomState(batch * 100 + height)
+    model = _se_model(rng, batch, 32, height, width)
+    x = rng.normal(size=(batch, 32, height, width)).astype(np.float32)
+
+    options = ort.SessionOptions()
+    plain, optimised = optimized_model(model.SerializeToString(), options)
+    expected = plain.run(None, {"x": x})[0]
+    results = {}
+    for size in (block, 24 - block):              # the right block, and the other one of 8 / 16
+        rewritten = type(optimised)()
+        rewritten.CopyFrom(optimised)
+        assert gate_products_in_blocks(rewritten, size) == 1
+        assert "Upsample" not in [n.op_type for n in rewritten.graph.node]
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(rewritten.SerializeToString(), options, providers=PROVIDERS)
+        results[size] = session.run(None, {"x": x})[0]
+    np.testing.assert_array_equal(results[block], expected)
+    assert np.abs(results[24 - block] - expected).max() > 1e-3
+    # ort_session takes this path by itself.
+    np.testing.assert_array_equal(ort_session(model.SerializeToString()).run(None, {"x": x})[0], expected)
+
+
+def test_nchwc_block_matches_the_cpu():
+    """The probed block is 16 channels where the CPU has AVX-512 and 8 with AVX2 (x86 only)."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import platform
+    from utils.onnx_blocked import nchwc_block
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("onnxruntime's blocked layout is x86 only")
+    with open("/proc/cpuinfo") as f:
+        flags = f.read()
+    assert nchwc_block() == (16 if " avx512f" in flags else 8)

@@ -14,6 +14,7 @@ import numpy as np
 
 from utils.errors import UserError
 from utils.fileio import atomic_write
+from utils.onnx_blocked import PROVIDERS, gate_products_in_blocks, nchwc_block, optimized_model
 
 OPSET = 13
 
@@ -184,19 +185,32 @@ def expand_channel_gates(model):
 
 def ort_session(path, threads=None):
     """onnxruntime InferenceSession on CPU with `threads` intra-op threads (None = one per core
-    this process may use) and warnings silenced (errors still raise)."""
+    this process may use) and warnings silenced (errors still raise). Where onnxruntime runs its
+    blocked layout, the graph it optimised gets the SE products rewritten for it first
+    (utils/onnx_blocked.py): the same outputs, a few percent faster."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise UserError("this needs the onnxruntime package (pip install -c constraints.txt onnxruntime)")
-    options = ort.SessionOptions()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    options.intra_op_num_threads = threads or cores
-    options.log_severity_level = 3
+
+    def options():
+        o = ort.SessionOptions()
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        o.intra_op_num_threads = threads or cores
+        o.log_severity_level = 3
+        return o
     # onnxruntime fuses x * sigmoid(x) into QuickGelu, which its blocked-layout (NCHWc) convolutions
     # cannot chain with: two reorders around each. Sigmoid and Mul unfused measured ~6% faster on D0.
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=["QuickGeluFusion"])
+    unfused = ["QuickGeluFusion"]
+    block = nchwc_block()
+    if block is None:
+        return ort.InferenceSession(path, options(), providers=PROVIDERS, disabled_optimizers=unfused)
+    session, model = optimized_model(path, options(), unfused)
+    if not gate_products_in_blocks(model, block):
+        return session
+    final = options()
+    final.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL    # done above
+    return ort.InferenceSession(model.SerializeToString(), final, providers=PROVIDERS)
 
 
 # onnxruntime's blocked layout (NCHWc) groups 8 channels on AVX2 CPUs and 16 on AVX-512 ones.
