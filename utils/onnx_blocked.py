@@ -55,7 +55,7 @@ def nchwc_block():
 
     Found by looking at memory, not by guessing from CPU flags: a 1x1 identity convolution of
     16 channels over 2 pixels is optimised, its blocked output read without the reorder back to
-    plain layout, and the position of pixel 1 of channel 0 is the block size.
+    plain layout, and the order of its numbers shows how many channels a block holds.
     """
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
@@ -86,16 +86,21 @@ def nchwc_block():
     return None
 
 
-def _from_pooled(model, name, producer, steps=8):
+def _from_pooled(name, producer, weights, steps=8):
     """Whether tensor `name` is computed from a GlobalAveragePool through at most `steps` nodes
-    that keep its 1x1 spatial size (convolutions of it, Sigmoid, Mul, Relu)."""
+    that keep its 1x1 spatial size (unpadded 1x1 convolutions, Sigmoid, Mul, Relu)."""
     for _ in range(steps):
         node = producer.get(name)
         if node is None:
             return False
         if node.op_type == "GlobalAveragePool":
             return True
-        if node.op_type not in ("Conv", "Sigmoid", "Mul", "Relu"):
+        if node.op_type == "Conv":
+            weight = weights.get(node.input[1])
+            kernel = _attr(node, "kernel_shape") or (weight.dims[2:] if weight is not None else None)
+            if kernel is None or list(kernel) != [1, 1] or any(_attr(node, "pads") or []):
+                return False
+        elif node.op_type not in ("Sigmoid", "Mul", "Relu"):
             return False
         name = node.input[0]
     return False
@@ -124,7 +129,7 @@ def gate_products_in_blocks(model, block, run=64):
         if up.op_type != "Upsample" or up.domain != NCHWC or scales is None or len(scales) != 4 \
                 or list(scales[:2]) != [1, 1] or len(users) != 1 or users[0].op_type != "Mul" \
                 or gate is None or gate.op_type != "Conv" or gate.domain != NCHWC \
-                or gate.input[1] not in weights or not _from_pooled(model, gate.input[0], producer):
+                or gate.input[1] not in weights or not _from_pooled(up.input[0], producer, weights):
             continue
         mul = users[0]
         x = [name for name in mul.input if name != up.output[0]]

@@ -98,7 +98,8 @@ def _gather(data, index):
 
 
 def _split_index(index, size):
-    """Integer-valued float32 index < 2^24 -> (index // size, index % size), both exact.
+    """Integer-valued float32 index < 2^24 -> (index // size, index % size), both exact; `size` is
+    a positive integer, or a symbol of them shaped like `index`.
 
     index / size = q + r / size lies at least 1 / size below q + 1, while its float32 rounding
     error is at most half an ulp of a number below 2^24 / size, i.e. less than 1 / size: floor
@@ -151,23 +152,23 @@ def select_candidates(cls_pred, box_pred, cfg, topk):
     image_size = tuple(cfg.DatasetParam.image_size)
     sizes = feature_sizes(image_size, cfg.NeckParam.max_level)
     levels = range(cfg.NeckParam.min_level, cfg.NeckParam.max_level + 1)
-    total = sum(sizes[l][0] * sizes[l][1] for l in levels) * k_anchors
-    logits, anchor, cls = _top_pairs(cls_pred, total, num_classes, topk)
-    # The anchor index runs over (level, y, x, k); every level decodes it and exactly one, the one
-    # whose range holds it, is kept.
-    rows, first = 0, 0
-    for level in levels:
-        fh, fw = sizes[level]
-        local = anchor - first
-        inside = (local > -0.5) * (local < fh * fw * k_anchors - 0.5)   # integers; ONNX has no >=
-        cell, k = _split_index(local, k_anchors)
-        y, x = _split_index(cell, fw)
-        sy, sx = level_strides(image_size, level)
-        fields = mx.sym.stack((y + 0.5) * sy, (x + 0.5) * sx, k, k * 0 + sy, k * 0 + sx, axis=2)
-        rows = rows + mx.sym.broadcast_mul(fields, mx.sym.expand_dims(inside, axis=2))
-        first += fh * fw * k_anchors
-    yc, xc, k, sy, sx = mx.sym.split(rows, num_outputs=5, axis=2, squeeze_axis=True)
-    rows = mx.sym.stack(cls, anchor, yc, xc, mx.sym.take(k_h, k) * sy, mx.sym.take(k_w, k) * sx, axis=2)
+    counts = [sizes[l][0] * sizes[l][1] * k_anchors for l in levels]
+    strides = [level_strides(image_size, l) for l in levels]
+    logits, anchor, cls = _top_pairs(cls_pred, sum(counts), num_classes, topk)
+    # The anchor index runs over (level, y, x, k): its level is the number of later levels whose
+    # range starts at or below it, and that level's first index, width and strides are looked up.
+    firsts = np.cumsum([0] + counts[:-1]).tolist()
+    level_of = mx.sym.zeros_like(anchor)
+    for first in firsts[1:]:
+        level_of = level_of + (anchor > first - 0.5)                    # integers; ONNX has no >=
+
+    def per_level(values):
+        return mx.sym.take(_const(values), level_of)
+    cell, k = _split_index(anchor - per_level(firsts), k_anchors)
+    y, x = _split_index(cell, per_level([sizes[l][1] for l in levels]))
+    sy, sx = per_level([s[0] for s in strides]), per_level([s[1] for s in strides])
+    rows = mx.sym.stack(cls, anchor, (y + 0.5) * sy, (x + 0.5) * sx, mx.sym.take(k_h, k) * sy,
+                        mx.sym.take(k_w, k) * sx, axis=2)
     return logits, rows, _gather(box_pred, anchor)
 
 
