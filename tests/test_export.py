@@ -205,7 +205,8 @@ def test_pad_gate_channels_keeps_values(tmp_path):
 
 def _se_model(rng, batch, channels, height, width):
     """conv -> SE (GlobalAveragePool, reduce conv, relu, expand conv, sigmoid) -> product -> conv,
-    exported the way expand_channel_gates leaves it, with weights that keep the gates in (0.1, 0.9)."""
+    exported the way the export leaves it; weights scaled by 1/sqrt(fan-in), so the gates differ
+    between channels."""
     from onnx import TensorProto, helper, numpy_helper
     from utils.onnx_export import expand_channel_gates, pad_gate_channels
     weights = {"w0": (channels, channels, 1, 1), "w1": (8, channels, 1, 1), "w2": (channels, 8, 1, 1),

@@ -34,6 +34,15 @@ def _attr(node, name):
     return None
 
 
+def consumers(model):
+    """{tensor name: [nodes that take it as an input]} of an ONNX model."""
+    users = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    return users
+
+
 def optimized_model(source, options, disabled_optimizers=()):
     """(session, optimised ModelProto) of `source` (path or bytes) with `options`: the session
     onnxruntime builds, and the graph it runs, saved through `optimized_model_filepath`."""
@@ -116,15 +125,12 @@ def gate_products_in_blocks(model, block, run=64):
     """
     from onnx import helper, numpy_helper
     producer = {out: node for node in model.graph.node for out in node.output}
-    consumers = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    users_of = consumers(model)
     weights = {t.name: t for t in model.graph.initializer}
     replaced, constants = {}, []
     for up in model.graph.node:
         scales = _attr(up, "scales")
-        users = consumers.get(up.output[0], [])
+        users = users_of.get(up.output[0], [])
         gate = producer.get(up.input[0]) if up.input else None
         if up.op_type != "Upsample" or up.domain != NCHWC or scales is None or len(scales) != 4 \
                 or list(scales[:2]) != [1, 1] or len(users) != 1 or users[0].op_type != "Mul" \

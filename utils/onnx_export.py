@@ -14,7 +14,7 @@ import numpy as np
 
 from utils.errors import UserError
 from utils.fileio import atomic_write
-from utils.onnx_blocked import PROVIDERS, gate_products_in_blocks, nchwc_block, optimized_model
+from utils.onnx_blocked import PROVIDERS, consumers, gate_products_in_blocks, nchwc_block, optimized_model
 
 OPSET = 13
 
@@ -75,15 +75,6 @@ def export_onnx(sym, params, input_shapes, path, metadata=None, edit=None):
     return path
 
 
-def _consumers(model):
-    """{tensor name: [nodes that take it as an input]} of an ONNX model."""
-    consumers = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    return consumers
-
-
 def fold_pads(model):
     """Merge each spatial Pad that feeds only Conv (pad value 0) or MaxPool (-inf) nodes into their
     `pads` attribute, in place. ONNX takes asymmetric pads on the op itself, which MXNet cannot
@@ -91,10 +82,10 @@ def fold_pads(model):
     blocked-layout chain with two reorders. Returns the number of Pads removed."""
     from onnx import helper, numpy_helper
     init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    consumers = _consumers(model)
+    users_of = consumers(model)
     removed = []
     for pad in [n for n in model.graph.node if n.op_type == "Pad"]:
-        users = consumers.get(pad.output[0], [])
+        users = users_of.get(pad.output[0], [])
         mode = [a.s for a in pad.attribute if a.name == "mode"]
         if not users or mode not in ([], [b"constant"]) or pad.input[1] not in init:
             continue
@@ -184,10 +175,10 @@ def expand_channel_gates(model):
 
 
 def ort_session(path, threads=None):
-    """onnxruntime InferenceSession on CPU with `threads` intra-op threads (None = one per core
-    this process may use) and warnings silenced (errors still raise). Where onnxruntime runs its
-    blocked layout, the graph it optimised gets the SE products rewritten for it first
-    (utils/onnx_blocked.py): the same outputs, a few percent faster."""
+    """onnxruntime InferenceSession of `path` (or a model's bytes) on CPU with `threads` intra-op
+    threads (None = one per core this process may use) and warnings silenced (errors still raise).
+    Where onnxruntime runs its blocked layout, the graph it optimised gets the SE products
+    rewritten for it first (utils/onnx_blocked.py): the same outputs, a few percent faster."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -231,7 +222,7 @@ def pad_gate_channels(model, multiple=NCHWC_BLOCK):
     from onnx import numpy_helper
     init = {t.name: t for t in model.graph.initializer}
     producer = {out: node for node in model.graph.node for out in node.output}
-    consumers = _consumers(model)
+    users_of = consumers(model)
     outputs = {o.name for o in model.graph.output}
 
     def weight(name):
@@ -250,7 +241,7 @@ def pad_gate_channels(model, multiple=NCHWC_BLOCK):
         # Everything between the reduce conv and the next convs must keep channels apart.
         inside, expands, frontier, ok = set(reduce.output), [], [reduce.output[0]], True
         while frontier and ok:
-            for node in consumers.get(frontier.pop(), []):
+            for node in users_of.get(frontier.pop(), []):
                 if node.op_type == "Conv":
                     expand = weight(node.input[1])
                     ok = ok and expand is not None and expand.shape[1] == w.shape[0] and not grouped(node) \
@@ -264,7 +255,7 @@ def pad_gate_channels(model, multiple=NCHWC_BLOCK):
                     ok = False
         # ... and no padded weight may serve another node.
         if not ok or not expands or inside & outputs or \
-                any(len(consumers[n]) != 1 for n in [reduce.input[1]] + [e.input[1] for e in expands]):
+                any(len(users_of[n]) != 1 for n in [reduce.input[1]] + [e.input[1] for e in expands]):
             continue
         extra = -w.shape[0] % multiple
         pads = [(reduce.input[1], w, 0)] + [(e.input[1], weight(e.input[1]), 1) for e in expands]
