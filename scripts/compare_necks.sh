@@ -6,7 +6,7 @@
 #
 #   scripts/compare_necks.sh [--set Class.field=value ...]    (the --set pairs apply to both necks)
 #
-# About 30-45 min on 2 shared cores (training is 3-5 min per epoch, 5 epochs per neck). Runs go to
+# About 15-45 min on 2 shared cores (the quickstart recipe's epochs per neck, 1.5-5 min each). Runs go to
 # experiments/necks_<neck>/ (not the quickstart's own experiment), measurements to
 # experiments/necks/<neck>/. The timed span per neck is train + evaluate (+ generating
 # data/synthetic/ for the first neck if it is missing). PYTHON overrides the interpreter.
